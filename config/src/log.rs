@@ -1,0 +1,34 @@
+//! A log line as it crosses crate lines: from the router, dynos and builds into the shuttle.
+
+use serde::{Deserialize, Serialize};
+
+/// Who wrote a line: the app itself, or the platform about the app (router, dyno manager).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    App,
+    Heroku,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::App => "app",
+            Source::Heroku => "heroku",
+        }
+    }
+}
+
+/// One log line of one app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// App key `{app}-{space}`.
+    pub app: String,
+    pub space: String,
+    pub source: Source,
+    /// `web.1`, `run.3`, `build`, `router`.
+    pub process: String,
+    /// Microseconds since the Unix epoch, UTC.
+    pub timestamp_us: i64,
+    pub line: String,
+}
