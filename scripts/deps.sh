@@ -1,0 +1,70 @@
+# Shared by scripts/run and scripts/test: install what Wharf needs, idempotently, fast when
+# everything is already there. Source it; then call the need_* functions.
+set -euo pipefail
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/wharf-target}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+apt_updated=0
+# need_apt CMD_OR_FILE PACKAGE...: install PACKAGEs unless CMD is on PATH (or FILE exists).
+need_apt() {
+  local probe=$1; shift
+  if command -v "$probe" >/dev/null 2>&1 || [ -e "$probe" ]; then return 0; fi
+  if [ "$apt_updated" = 0 ]; then
+    say "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# need_cargo_bin BIN CRATE VERSION [cargo install args...]
+need_cargo_bin() {
+  local bin=$1 crate=$2 version=$3; shift 3
+  if command -v "$bin" >/dev/null 2>&1 && "$bin" --version 2>/dev/null | grep -q "$version"; then return 0; fi
+  say "cargo install $crate $version (once; later runs skip this)"
+  cargo install "$crate" --version "$version" --locked "$@"
+}
+
+# Everything the build needs.
+need_build_deps() {
+  need_apt cmake cmake
+  need_apt cc build-essential
+  need_apt pkg-config pkg-config
+}
+
+# Everything the tests talk to: real peers on 127.0.0.1.
+need_test_deps() {
+  need_build_deps
+  need_apt curl curl
+  need_apt openssl openssl
+  need_apt rsyslogd rsyslog
+  need_apt /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so rsyslog-gnutls
+  need_apt nginx nginx
+  need_apt haproxy haproxy
+  need_apt wrk wrk
+  need_apt h2load nghttp2-client
+  need_apt psql postgresql
+  need_cargo_bin tansu tansu 0.6.0 --no-default-features --features libsql
+}
+
+# PostgreSQL on 127.0.0.1:5432: start the machine's cluster when it is down.
+need_postgres() {
+  if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then return 0; fi
+  say "starting PostgreSQL"
+  local v
+  v=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+  if [ -z "$v" ]; then
+    need_apt /usr/lib/postgresql postgresql
+    v=$(ls /etc/postgresql | sort -V | tail -1)
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$v" main start || true
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+  pg_isready -h 127.0.0.1 -p 5432 -q || { echo "PostgreSQL did not start" >&2; return 1; }
+  # Trust auth for local tests, as on the machines this project runs on.
+  psql -h 127.0.0.1 -U postgres -tAc "select 1 from pg_database where datname='test'" 2>/dev/null | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -c "create database test" >/dev/null 2>&1 || true
+}
