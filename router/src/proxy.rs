@@ -1,0 +1,788 @@
+//! The one `ProxyHttp` implementation: phases used as pingora intends. `request_filter`
+//! answers what never reaches a dyno (redirects, 4xx, 404, H10/H14, filters), `upstream_peer`
+//! picks the side and the dyno, the header filters add and strip headers, `fail_to_proxy` maps
+//! every failure to a Heroku code in one place, and `logging` writes the router line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::ErrorType;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use wharf_config::names::normalize_host;
+use wharf_config::paths::{self, PathError};
+use wharf_config::router_table::NotFound;
+use wharf_config::{LogLine, Source};
+
+use crate::canary::{Side, goes_to_canary};
+use crate::filters::{self, FilterOutcome};
+use crate::headers;
+use crate::live::{Live, now_ms};
+use crate::logline::{self, HCode};
+use crate::shared::Shared;
+use crate::tls::Sni;
+
+/// Which listener a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Public HTTPS: every public app and site.
+    PublicHttps,
+    /// Public plain HTTP: redirects to HTTPS, nothing else.
+    PublicHttp,
+    /// Internal: apps in internal spaces and internal sites only.
+    Internal,
+}
+
+#[derive(Debug)]
+pub struct Edge {
+    pub kind: Kind,
+    pub shared: Arc<Shared>,
+}
+
+/// Per-request state.
+#[derive(Debug)]
+pub struct Ctx {
+    start: Instant,
+    start_ms: u64,
+    live: Option<Arc<Live>>,
+    host: String,
+    method: String,
+    path: String,
+    request_id: String,
+    fwd: String,
+    app: Option<usize>,
+    side: Option<Side>,
+    upstream_path: Option<String>,
+    tried: Vec<SocketAddr>,
+    dyno: String,
+    connect_started: Option<Instant>,
+    connect_ms: Option<u64>,
+    code: Option<HCode>,
+    status: u16,
+    response_started: bool,
+    upgrade: bool,
+    tls_version: Option<&'static str>,
+    cors: Option<filters::CorsMatch>,
+    set_sticky: bool,
+}
+
+impl Edge {
+    fn protocol(&self) -> &'static str {
+        match self.kind {
+            Kind::PublicHttps => "https",
+            Kind::PublicHttp | Kind::Internal => "http",
+        }
+    }
+
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        body: &'static str,
+        extra: &[(&'static str, String)],
+    ) -> Result<bool> {
+        let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+        resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        for (k, v) in extra {
+            resp.insert_header(*k, v.as_str())?;
+        }
+        self.add_hsts(&mut resp, ctx)?;
+        ctx.status = status;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+            .await?;
+        Ok(true)
+    }
+
+    async fn respond_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        code: HCode,
+    ) -> Result<bool> {
+        ctx.code = Some(code);
+        let body = match code {
+            HCode::H14 => "No web processes running\n",
+            HCode::H10 => "Application error: the app crashed\n",
+            HCode::H31 => "Misdirected Request: the host does not match the TLS server name\n",
+            _ => "Application error\n",
+        };
+        self.respond(session, ctx, code.status(), body, &[]).await
+    }
+
+    fn add_hsts(&self, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+        if self.kind != Kind::PublicHttps {
+            return Ok(());
+        }
+        if let Some(live) = &ctx.live {
+            let h = &live.table.settings.hsts;
+            if h.enabled {
+                let v = if h.include_subdomains {
+                    format!("max-age={}; includeSubDomains", h.max_age)
+                } else {
+                    format!("max-age={}", h.max_age)
+                };
+                resp.insert_header("strict-transport-security", v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    if let Some(h) = req.uri.host() {
+        return Some(h);
+    }
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// CL+TE, or Content-Length values that disagree: a smuggling attempt → 400.
+fn smuggling(session: &Session) -> bool {
+    let req = session.req_header();
+    let mut cls = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let Some(first) = cls.next()
+        && cls.any(|v| v != first)
+    {
+        return true;
+    }
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        if req.headers.contains_key(http::header::CONTENT_LENGTH) {
+            return true;
+        }
+        // pingora drops Content-Length when Transfer-Encoding is present; look at the raw bytes.
+        if let pingora::protocols::http::ServerSession::H1(h1) = session.as_downstream() {
+            let raw = h1.get_headers_raw_bytes();
+            let lower = raw.to_ascii_lowercase();
+            return lower.windows(16).any(|w| w == b"\ncontent-length:");
+        }
+    }
+    false
+}
+
+/// Header and request-line limits: 414 for a request target over 8 KiB, 431 for a header over
+/// 8 KiB or more than 1000 headers.
+fn limits(req: &RequestHeader) -> Option<u16> {
+    let target = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target > 8192 {
+        return Some(414);
+    }
+    if req.headers.len() > 1000 {
+        return Some(431);
+    }
+    if req
+        .headers
+        .iter()
+        .any(|(k, v)| k.as_str().len() + v.len() > 8192)
+    {
+        return Some(431);
+    }
+    None
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            start_ms: now_ms(),
+            live: None,
+            host: String::new(),
+            method: String::new(),
+            path: String::new(),
+            request_id: String::new(),
+            fwd: String::new(),
+            app: None,
+            side: None,
+            upstream_path: None,
+            tried: Vec::new(),
+            dyno: String::new(),
+            connect_started: None,
+            connect_ms: None,
+            code: None,
+            status: 0,
+            response_started: false,
+            upgrade: false,
+            tls_version: None,
+            cors: None,
+            set_sticky: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.start = Instant::now();
+        ctx.start_ms = now_ms();
+        self.shared.metrics.in_flight.inc();
+        let live = self.shared.live.load_full();
+        ctx.live = Some(live.clone());
+
+        let req = session.req_header();
+        ctx.method.push_str(req.method.as_str());
+        ctx.path
+            .push_str(req.uri.path_and_query().map_or("/", |p| p.as_str()));
+        let raw_host = request_host(req).map(str::to_owned);
+        let id = req.headers.get("x-request-id").map(|v| v.as_bytes());
+        ctx.request_id = match id {
+            Some(id) if headers::valid_request_id(id) => String::from_utf8_lossy(id).into_owned(),
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
+        ctx.upgrade = headers::is_upgrade(req);
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            ctx.fwd = addr.ip().to_string();
+        }
+        if let Some(d) = session.digest().and_then(|d| d.ssl_digest.as_ref()) {
+            ctx.tls_version = Some(match d.version.as_ref() {
+                "TLSv1.3" => "TLSv1.3",
+                "TLSv1.2" => "TLSv1.2",
+                _ => "other",
+            });
+        }
+
+        let Some(host) = raw_host.as_deref().and_then(normalize_host) else {
+            return self
+                .respond(
+                    session,
+                    ctx,
+                    400,
+                    "Bad Request: missing or invalid Host\n",
+                    &[],
+                )
+                .await;
+        };
+        ctx.host = host;
+
+        if self.kind == Kind::PublicHttp {
+            let m = &session.req_header().method;
+            if m == http::Method::GET || m == http::Method::HEAD {
+                let location = format!("https://{}{}", ctx.host, ctx.path);
+                return self
+                    .respond(
+                        session,
+                        ctx,
+                        308,
+                        "Permanent Redirect: use HTTPS\n",
+                        &[("location", location)],
+                    )
+                    .await;
+            }
+            return self
+                .respond(session, ctx, 400, "Bad Request: this listener only redirects GET and HEAD to HTTPS; send other methods over HTTPS\n", &[])
+                .await;
+        }
+
+        if smuggling(session) {
+            return self
+                .respond(
+                    session,
+                    ctx,
+                    400,
+                    "Bad Request: conflicting Content-Length / Transfer-Encoding\n",
+                    &[],
+                )
+                .await;
+        }
+        if let Some(status) = limits(session.req_header()) {
+            let body = if status == 414 {
+                "URI Too Long\n"
+            } else {
+                "Request Header Fields Too Large\n"
+            };
+            return self.respond(session, ctx, status, body, &[]).await;
+        }
+        let normalized = match paths::normalize(&ctx.path) {
+            Ok(p) => p.into_owned(),
+            Err(PathError::AboveRoot) | Err(PathError::NotAbsolute) => {
+                return self
+                    .respond(session, ctx, 400, "Bad Request: invalid path\n", &[])
+                    .await;
+            }
+        };
+
+        // The Host must be served by the certificate the client's SNI chose (H31 → 421).
+        if self.kind == Kind::PublicHttps
+            && let Some(sni) = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .and_then(|d| d.extension.get::<Sni>())
+        {
+            let sni = sni.0.as_str();
+            if sni != ctx.host {
+                let a = live.certs.lookup(sni);
+                let b = live.certs.lookup(&ctx.host);
+                let same = match (a, b) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                };
+                if !same {
+                    return self.respond_error(session, ctx, HCode::H31).await;
+                }
+            }
+        }
+
+        let internal = self.kind == Kind::Internal;
+        let found = match live.table.find(&ctx.host, &normalized, internal) {
+            Ok(f) => f,
+            Err(NotFound::Host) => {
+                tracing::info!(host = %ctx.host, path = %ctx.path, "unknown host");
+                return self
+                    .respond(
+                        session,
+                        ctx,
+                        404,
+                        "Not Found: no app or site at this host\n",
+                        &[],
+                    )
+                    .await;
+            }
+            Err(NotFound::Route) => {
+                return self
+                    .respond(
+                        session,
+                        ctx,
+                        404,
+                        "Not Found: no route for this path\n",
+                        &[],
+                    )
+                    .await;
+            }
+        };
+        ctx.app = Some(found.app);
+        if let Some((route, len)) = found.route {
+            ctx.upstream_path = Some(paths::rewrite(&route.target_path, &normalized, len));
+        } else if normalized != ctx.path {
+            ctx.upstream_path = Some(normalized.clone());
+        }
+
+        // Filters (CORS preflight, JWT) answer here, before any dyno is involved.
+        let app = &live.table.apps[found.app];
+        if !app.filters.is_empty() {
+            match filters::check(
+                &self.shared,
+                &live,
+                found.app,
+                &normalized,
+                session.req_header(),
+            )
+            .await
+            {
+                FilterOutcome::Continue { cors } => ctx.cors = cors,
+                FilterOutcome::Respond(resp) => {
+                    ctx.status = resp.status;
+                    let mut header =
+                        ResponseHeader::build(resp.status, Some(resp.headers.len() + 3))?;
+                    for (k, v) in &resp.headers {
+                        header.insert_header(k.clone(), v.as_str())?;
+                    }
+                    header.insert_header("content-length", resp.body.len().to_string())?;
+                    header.insert_header("x-request-id", ctx.request_id.as_str())?;
+                    self.add_hsts(&mut header, ctx)?;
+                    session
+                        .write_response_header(Box::new(header), false)
+                        .await?;
+                    session.write_response_body(Some(resp.body), true).await?;
+                    return Ok(true);
+                }
+            }
+        }
+
+        let app_live = &live.apps[found.app];
+        let has_canary = app_live.canary.as_ref().is_some_and(|c| !c.pool.is_empty());
+        if app_live.stable.is_empty() && !has_canary {
+            let code = if app.crashed > 0 {
+                HCode::H10
+            } else {
+                HCode::H14
+            };
+            return self.respond_error(session, ctx, code).await;
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let live = ctx.live.clone().expect("request_filter ran");
+        let app_idx = ctx.app.expect("routed");
+        let app = &live.apps[app_idx];
+        let side = *ctx.side.get_or_insert_with(|| match &app.canary {
+            Some(c) if !c.pool.is_empty() => {
+                let weight = c.weight.load(std::sync::atomic::Ordering::Relaxed);
+                let sticky = live.table.apps[app_idx]
+                    .canary
+                    .as_ref()
+                    .is_some_and(|t| t.sticky);
+                if sticky && let Some(side) = sticky_side(session.req_header()) {
+                    return if side == Side::Canary && weight == 0 {
+                        Side::Stable
+                    } else {
+                        side
+                    };
+                }
+                let n = c.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let side = if app.stable.is_empty() || goes_to_canary(n, weight) {
+                    Side::Canary
+                } else {
+                    Side::Stable
+                };
+                ctx.set_sticky = sticky;
+                side
+            }
+            _ => Side::Stable,
+        });
+        let pool = match (side, &app.canary) {
+            (Side::Canary, Some(c)) => &c.pool,
+            _ => &app.stable,
+        };
+        let now = now_ms();
+        let Some(b) = pool.pick(now, &ctx.tried) else {
+            return Err(Error::explain(
+                ErrorType::ConnectRefused,
+                "no dyno left to try",
+            ));
+        };
+        ctx.tried.push(b.address);
+        ctx.dyno.clear();
+        ctx.dyno.push_str(&b.process);
+        ctx.connect_started = Some(Instant::now());
+        let s = &live.table.settings;
+        let mut peer = HttpPeer::new(b.address, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_millis(s.connect_timeout_ms));
+        peer.options.read_timeout = Some(Duration::from_millis(s.first_byte_timeout_ms));
+        peer.options.write_timeout = Some(Duration::from_millis(s.idle_timeout_ms));
+        peer.options.idle_timeout = Some(Duration::from_secs(90));
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(t) = ctx.connect_started {
+            let d = t.elapsed();
+            ctx.connect_ms = Some(d.as_millis() as u64);
+            self.shared.metrics.connect.observe(d.as_secs_f64());
+        }
+        if let (Some(live), Some(addr)) = (&ctx.live, ctx.tried.last()) {
+            for_backend(live, ctx.app, *addr, |b| b.mark_up());
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let live = ctx.live.clone().expect("request_filter ran");
+        let down_for = live.table.settings.dyno_down_ms;
+        if let Some(addr) = ctx.tried.last() {
+            for_backend(&live, ctx.app, *addr, |b| b.mark_down(now_ms() + down_for));
+            self.shared.metrics.dynos_marked_down.inc();
+        }
+        ctx.code = Some(if matches!(e.etype(), ErrorType::ConnectTimedout) {
+            HCode::H19
+        } else {
+            HCode::H21
+        });
+        // A connect failure never reached a dyno: try once more, on another dyno if any.
+        let app = ctx.app.map(|i| &live.apps[i]);
+        let others = app.is_some_and(|a| {
+            let pool = match (ctx.side, &a.canary) {
+                (Some(Side::Canary), Some(c)) => &c.pool,
+                _ => &a.stable,
+            };
+            pool.backends
+                .iter()
+                .any(|b| !ctx.tried.contains(&b.address))
+        });
+        if ctx.tried.len() < 2 && others {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        headers::strip_request_hop_by_hop(upstream, ctx.upgrade);
+        if let Some(path) = &ctx.upstream_path {
+            let uri: http::Uri = path.parse().map_err(|_| {
+                Error::explain(ErrorType::InternalError, "rewritten path is not a URI")
+            })?;
+            if ctx.upstream_path.as_deref() != Some(ctx.path.as_str()) {
+                let original = ctx.path.split('?').next().unwrap_or("/").to_owned();
+                upstream.insert_header("x-forwarded-path", original)?;
+            }
+            upstream.set_uri(uri);
+        }
+        let xff = match session
+            .req_header()
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) if !ctx.fwd.is_empty() => format!("{prev}, {}", ctx.fwd),
+            Some(prev) => prev.to_owned(),
+            None => ctx.fwd.clone(),
+        };
+        if !xff.is_empty() {
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream.insert_header("x-forwarded-proto", self.protocol())?;
+        if let Some(port) = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port())
+        {
+            upstream.insert_header("x-forwarded-port", port.to_string())?;
+        }
+        upstream.insert_header("x-request-start", ctx.start_ms.to_string())?;
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.append_header("via", "1.1 wharf")?;
+        // h2 clients send :authority; dynos speak HTTP/1.1 and need Host.
+        if !upstream.headers.contains_key(http::header::HOST) {
+            upstream.insert_header(http::header::HOST, ctx.host.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.response_started = true;
+        ctx.status = resp.status.as_u16();
+        headers::strip_response_hop_by_hop(resp, ctx.upgrade);
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        resp.append_header("via", "1.1 wharf")?;
+        self.add_hsts(resp, ctx)?;
+        if let Some(cors) = &ctx.cors {
+            filters::apply_cors(resp, cors)?;
+        }
+        if ctx.set_sticky
+            && let Some(side) = ctx.side
+        {
+            resp.append_header(
+                "set-cookie",
+                format!(
+                    "wharf-canary={}; Path=/; HttpOnly; Secure; SameSite=Lax",
+                    side.as_str()
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let downstream = matches!(e.esource(), pingora::ErrorSource::Downstream);
+        let code = match e.etype() {
+            _ if downstream => match e.etype() {
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
+                    Some(HCode::H27)
+                }
+                _ => None,
+            },
+            ErrorType::ConnectTimedout => Some(HCode::H19),
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::SocketError => Some(ctx.code.unwrap_or(HCode::H21)),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(if ctx.response_started {
+                HCode::H15
+            } else {
+                HCode::H12
+            }),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+                Some(HCode::H13)
+            }
+            ErrorType::InvalidHTTPHeader
+            | ErrorType::H1Error
+            | ErrorType::H2Error
+            | ErrorType::InvalidH2 => Some(HCode::H25),
+            _ => None,
+        };
+        let status = match code {
+            Some(HCode::H27) => {
+                ctx.code = Some(HCode::H27);
+                ctx.status = 499;
+                0
+            }
+            Some(c) => {
+                ctx.code = Some(c);
+                c.status()
+            }
+            None if downstream => 400,
+            None => 502,
+        };
+        if status > 0 && !ctx.response_started {
+            ctx.status = status;
+            let body = Bytes::from_static(match code {
+                Some(HCode::H12) => b"Application error: request timeout\n",
+                Some(HCode::H19) | Some(HCode::H21) => b"Application error: dyno unreachable\n",
+                Some(HCode::H13) => b"Application error: connection closed without response\n",
+                Some(HCode::H25) => b"Bad Gateway: invalid response from the app\n",
+                _ if status == 400 => b"Bad Request\n",
+                _ => b"Application error\n",
+            });
+            let _ = session.respond_error_with_body(status, body).await;
+        } else if ctx.response_started && code.is_none() {
+            ctx.code = Some(HCode::H13);
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let m = &self.shared.metrics;
+        m.in_flight.dec();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .filter(|s| *s != 0 && ctx.code != Some(HCode::H27))
+            .unwrap_or(ctx.status);
+        let elapsed = ctx.start.elapsed();
+        if let Some(code) = ctx.code {
+            m.errors.with_label_values(&[code.as_str()]).inc();
+        }
+        let Some(live) = &ctx.live else { return };
+        let Some(app_idx) = ctx.app else {
+            m.requests
+                .with_label_values(&["", crate::metrics::class(status)])
+                .inc();
+            return;
+        };
+        let app = &live.table.apps[app_idx];
+        m.requests
+            .with_label_values(&[app.key.as_str(), crate::metrics::class(status)])
+            .inc();
+        m.duration
+            .with_label_values(&[app.key.as_str()])
+            .observe(elapsed.as_secs_f64());
+        if let (Some(side), Some(c)) = (ctx.side, &live.apps[app_idx].canary) {
+            m.canary_requests
+                .with_label_values(&[
+                    app.key.as_str(),
+                    side.as_str(),
+                    crate::metrics::class(status),
+                ])
+                .inc();
+            let now_s = ctx.start_ms / 1000;
+            c.stats.record(side, status, now_s);
+            if side == Side::Canary
+                && status >= 500
+                && let Some(verdict) = c.stats.check(now_s)
+            {
+                c.weight.store(0, std::sync::atomic::Ordering::Relaxed);
+                m.canary_aborts.with_label_values(&[app.key.as_str()]).inc();
+                let release = app.canary.as_ref().map_or(0, |t| t.release);
+                tracing::warn!(app = %app.key, release, z = verdict.z, canary_5xx = verdict.canary.errors_5xx,
+                    canary_requests = verdict.canary.requests, stable_5xx = verdict.stable.errors_5xx,
+                    stable_requests = verdict.stable.requests, "canary aborted: weight set to 0");
+                let _ = self
+                    .shared
+                    .events
+                    .send(wharf_config::RouterEvent::CanaryAborted {
+                        app: app.key.clone(),
+                        canary_release: release,
+                        stable: verdict.stable,
+                        canary: verdict.canary,
+                        z: verdict.z,
+                        reason: format!(
+                            "canary 5xx rate {:.3} vs stable {:.3} (z = {:.2})",
+                            rate(verdict.canary),
+                            rate(verdict.stable),
+                            verdict.z
+                        ),
+                    });
+            }
+        }
+        let line = logline::format(&logline::Fields {
+            code: ctx.code,
+            method: &ctx.method,
+            path: &ctx.path,
+            host: &ctx.host,
+            request_id: &ctx.request_id,
+            fwd: &ctx.fwd,
+            dyno: &ctx.dyno,
+            connect_ms: ctx.connect_ms,
+            service_ms: elapsed.as_millis() as u64,
+            status,
+            bytes: session.body_bytes_sent() as u64,
+            protocol: self.protocol(),
+            tls_version: ctx.tls_version,
+        });
+        self.shared.sink.send(LogLine {
+            app: app.key.clone(),
+            space: app.space.clone(),
+            source: Source::Heroku,
+            process: "router".into(),
+            timestamp_us: (ctx.start_ms as i64) * 1000,
+            line,
+        });
+    }
+}
+
+fn rate(f: wharf_config::SideFigures) -> f64 {
+    if f.requests == 0 {
+        0.0
+    } else {
+        f.errors_5xx as f64 / f.requests as f64
+    }
+}
+
+fn sticky_side(req: &RequestHeader) -> Option<Side> {
+    for v in req.headers.get_all(http::header::COOKIE) {
+        let s = v.to_str().ok()?;
+        for pair in s.split(';') {
+            match pair.trim() {
+                "wharf-canary=canary" => return Some(Side::Canary),
+                "wharf-canary=stable" => return Some(Side::Stable),
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+fn for_backend(
+    live: &Live,
+    app: Option<usize>,
+    addr: SocketAddr,
+    f: impl Fn(&crate::live::BackendLive),
+) {
+    let Some(a) = app.map(|i| &live.apps[i]) else {
+        return;
+    };
+    let pools = std::iter::once(&a.stable).chain(a.canary.as_ref().map(|c| &c.pool));
+    for pool in pools {
+        for b in &pool.backends {
+            if b.address == addr {
+                f(b);
+            }
+        }
+    }
+}
