@@ -243,11 +243,7 @@ impl ProxyHttp for Edge {
             ctx.fwd = addr.ip().to_string();
         }
         if let Some(d) = session.digest().and_then(|d| d.ssl_digest.as_ref()) {
-            ctx.tls_version = Some(match d.version.as_ref() {
-                "TLSv1.3" => "TLSv1.3",
-                "TLSv1.2" => "TLSv1.2",
-                _ => "other",
-            });
+            ctx.tls_version = Some(crate::tls::version_name(d.version.as_ref()));
         }
 
         let Some(host) = raw_host.as_deref().and_then(normalize_host) else {

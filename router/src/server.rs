@@ -104,7 +104,7 @@ impl TlsAccept for Handshakes {
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         self.metrics
             .tls_handshakes
-            .with_label_values(&[tls.version().unwrap_or("unknown")])
+            .with_label_values(&[crate::tls::version_name(tls.version().unwrap_or("unknown"))])
             .inc();
         tls.server_name()
             .map(|n| Arc::new(Sni(n.to_ascii_lowercase())) as Arc<dyn Any + Send + Sync>)

@@ -120,3 +120,12 @@ impl ResolvesServerCert for SniResolver {
 /// The SNI a client sent, kept with the connection for the Host/SNI check (421).
 #[derive(Debug, Clone)]
 pub struct Sni(pub String);
+
+/// `TLSv1.3` / `TLSv1.2` whatever spelling the TLS layer reports.
+pub fn version_name(v: &str) -> &'static str {
+    match v {
+        "TLSv1.3" | "TLSv1_3" | "TLS13" => "TLSv1.3",
+        "TLSv1.2" | "TLSv1_2" | "TLS12" => "TLSv1.2",
+        _ => "unknown",
+    }
+}

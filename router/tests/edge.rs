@@ -1,0 +1,606 @@
+//! The router over real sockets: curl and raw TLS clients against a router in front of real
+//! HTTP dynos, all on 127.0.0.1.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use wharf_config::*;
+
+fn host(app: &str) -> String {
+    format!("{app}.{DOMAIN}")
+}
+
+#[test]
+fn routes_https_round_robin_with_forwarded_headers_and_log_lines() {
+    let pki = Pki::new();
+    let (d1, d2) = (Dyno::start("web.1"), Dyno::start("web.2"));
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "api", "prod", &[d1.addr, d2.addr]);
+    let sink = Collect::default();
+    let r = start(&s, &sink);
+    let https = r.addrs().https.unwrap();
+
+    let mut seen = HashSet::new();
+    for _ in 0..4 {
+        let g = curl(&pki, https, "https", &host(&app), "/hello?x=1", &[]);
+        assert_eq!(g.status, 200, "{g:?}");
+        let j = g.json();
+        seen.insert(j["dyno"].as_str().unwrap().to_owned());
+        assert_eq!(j["path"], "/hello?x=1");
+        let h = &j["headers"];
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-port"], https.port().to_string());
+        assert_eq!(h["via"], "1.1 wharf");
+        assert_eq!(h["host"], format!("{}:{}", host(&app), https.port()));
+        let start: u64 = h["x-request-start"].as_str().unwrap().parse().unwrap();
+        assert!(start > 1_600_000_000_000, "ms since epoch: {start}");
+        // A request id is made and echoed.
+        let id = g.header("x-request-id").unwrap();
+        assert_eq!(h["x-request-id"], id);
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 4);
+        assert_eq!(
+            g.header("strict-transport-security"),
+            Some("max-age=31536000")
+        );
+    }
+    assert_eq!(
+        seen,
+        HashSet::from(["web.1".to_owned(), "web.2".to_owned()])
+    );
+
+    // A valid client request id is kept; an invalid one replaced.
+    let keep = "abcdefghij0123456789-keep";
+    let g = curl(
+        &pki,
+        https,
+        "https",
+        &host(&app),
+        "/",
+        &["-H", &format!("X-Request-Id: {keep}")],
+    );
+    assert_eq!(g.header("x-request-id"), Some(keep));
+    let g = curl(
+        &pki,
+        https,
+        "https",
+        &host(&app),
+        "/",
+        &["-H", "X-Request-Id: bad id"],
+    );
+    assert_ne!(g.header("x-request-id"), Some("bad id"));
+    // X-Forwarded-For is appended to, not replaced.
+    let g = curl(
+        &pki,
+        https,
+        "https",
+        &host(&app),
+        "/",
+        &["-H", "X-Forwarded-For: 10.0.0.1"],
+    );
+    assert_eq!(
+        g.json()["headers"]["x-forwarded-for"],
+        "10.0.0.1, 127.0.0.1"
+    );
+
+    let line = sink.wait_for(keep);
+    assert_eq!(line.app, app);
+    assert_eq!(line.source, Source::Heroku);
+    assert_eq!(line.process, "router");
+    assert!(line.line.starts_with("at=info method=GET path=\"/\" host=api-prod.wharf.test request_id=abcdefghij0123456789-keep fwd=\"127.0.0.1\" dyno=web."), "{}", line.line);
+    assert!(line.line.contains(" status=200 "), "{}", line.line);
+    assert!(
+        line.line.contains(" protocol=https tls_version=TLSv1."),
+        "{}",
+        line.line
+    );
+}
+
+#[test]
+fn plain_http_redirects_get_and_refuses_other_methods() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "api", "prod", &[d.addr]);
+    let r = start(&s, &Collect::default());
+    let http = r.addrs().http.unwrap();
+    let g = curl(&pki, http, "http", &host(&app), "/a/b?c=d", &[]);
+    assert_eq!(g.status, 308);
+    assert_eq!(
+        g.header("location"),
+        Some(format!("https://{}/a/b?c=d", host(&app)).as_str())
+    );
+    let g = curl(&pki, http, "http", &host(&app), "/", &["-I"]);
+    assert_eq!(g.status, 308);
+    let g = curl(
+        &pki,
+        http,
+        "http",
+        &host(&app),
+        "/",
+        &["-X", "POST", "-d", "x"],
+    );
+    assert_eq!(g.status, 400);
+    assert!(g.body.contains("HTTPS"), "{}", g.body);
+}
+
+#[test]
+fn unknown_and_internal_hosts() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let public = add_app(&mut s, "api", "prod", &[d.addr]);
+    let internal = add_app(&mut s, "admin", "back", &[d.addr]);
+    let sink = Collect::default();
+    let r = start(&s, &sink);
+    let https = r.addrs().https.unwrap();
+    let unknown = curl(&pki, https, "https", "nope.wharf.test", "/", &[]);
+    assert_eq!(unknown.status, 404);
+    // An internal app on the public listener answers exactly like an unknown host.
+    let hidden = curl(&pki, https, "https", &host(&internal), "/", &[]);
+    assert_eq!(
+        (hidden.status, &hidden.body),
+        (unknown.status, &unknown.body)
+    );
+    // On the internal listener it is served, and public apps are not.
+    let int = r.addrs().internal.unwrap();
+    assert_eq!(
+        curl(&pki, int, "http", &host(&internal), "/", &[]).status,
+        200
+    );
+    assert_eq!(
+        curl(&pki, int, "http", &host(&public), "/", &[]).status,
+        404
+    );
+    let g = curl(&pki, int, "http", &host(&internal), "/", &[]);
+    assert_eq!(g.json()["headers"]["x-forwarded-proto"], "http");
+}
+
+#[test]
+fn site_routes_longest_segment_prefix_with_rewrite() {
+    let pki = Pki::new();
+    let (web, api, v2) = (Dyno::start("web"), Dyno::start("api"), Dyno::start("v2"));
+    let mut s = base(&pki);
+    let web_app = add_app(&mut s, "web", "prod", &[web.addr]);
+    let api_app = add_app(&mut s, "api", "prod", &[api.addr]);
+    let v2_app = add_app(&mut s, "v2", "prod", &[v2.addr]);
+    s.sites.push(Site {
+        domain: "www.example.com".into(),
+        internal: false,
+    });
+    for (src, app, target) in [
+        ("/", &web_app, "/"),
+        ("/api", &api_app, "/v3/api"),
+        ("/api/v2", &v2_app, "/"),
+    ] {
+        s.routes.push(Route {
+            site: "www.example.com".into(),
+            source_path: src.into(),
+            app: app.clone(),
+            target_path: target.into(),
+        });
+    }
+    let r = start(&s, &Collect::default());
+    let https = r.addrs().https.unwrap();
+    let get = |p: &str| curl(&pki, https, "https", "www.example.com", p, &[]).json();
+    let j = get("/api/x?q=1");
+    assert_eq!(
+        (j["dyno"].as_str(), j["path"].as_str()),
+        (Some("api"), Some("/v3/api/x?q=1"))
+    );
+    assert_eq!(j["headers"]["x-forwarded-path"], "/api/x");
+    assert_eq!(get("/api")["path"], "/v3/api");
+    assert_eq!(get("/api/")["path"], "/v3/api/");
+    let j = get("/api/v2/users");
+    assert_eq!(
+        (j["dyno"].as_str(), j["path"].as_str()),
+        (Some("v2"), Some("/users"))
+    );
+    // Segment-aware: /apiary is not under /api.
+    let j = get("/apiary");
+    assert_eq!(
+        (j["dyno"].as_str(), j["path"].as_str()),
+        (Some("web"), Some("/apiary"))
+    );
+    // Dot segments are resolved before matching, so they cannot escape a route.
+    let j = get("/api/../admin");
+    assert_eq!(j["dyno"], "web");
+    let g = curl(
+        &pki,
+        https,
+        "https",
+        "www.example.com",
+        "/..",
+        &["--path-as-is"],
+    );
+    assert_eq!(g.status, 400);
+}
+
+fn served_cn(addr: std::net::SocketAddr, sni: &str) -> String {
+    // openssl s_client may give up early on a loaded machine: a few bounded tries.
+    let mut last = String::new();
+    for _ in 0..5 {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                sni,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(subject) = last.lines().find(|l| l.starts_with("subject=")) {
+            return subject
+                .rsplit("CN")
+                .next()
+                .unwrap()
+                .trim_start_matches([' ', '='])
+                .to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("no certificate subject from openssl: {last}");
+}
+
+#[test]
+fn certificates_by_sni_and_misdirected_requests() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "api", "prod", &[d.addr]);
+    s.sites.push(Site {
+        domain: "www.example.com".into(),
+        internal: false,
+    });
+    s.routes.push(Route {
+        site: "www.example.com".into(),
+        source_path: "/".into(),
+        app: app.clone(),
+        target_path: "/".into(),
+    });
+    let r = start(&s, &Collect::default());
+    let https = r.addrs().https.unwrap();
+    assert_eq!(served_cn(https, "www.example.com"), "site");
+    assert_eq!(served_cn(https, "api-prod.wharf.test"), "wildcard");
+    // A wildcard covers one label only.
+    assert_eq!(served_cn(https, "a.b.wharf.test"), "default");
+    assert_eq!(served_cn(https, "other.invalid"), "default");
+
+    // SNI picked the wildcard certificate, Host asks for a name of another certificate: 421.
+    let g = curl(
+        &pki,
+        https,
+        "https",
+        &host(&app),
+        "/",
+        &["-H", "Host: www.example.com"],
+    );
+    assert_eq!(g.status, 421, "{g:?}");
+    // Two names under the same certificate are fine.
+    let g = curl(
+        &pki,
+        https,
+        "https",
+        &host(&app),
+        "/",
+        &["-H", &format!("Host: {}", host(&app))],
+    );
+    assert_eq!(g.status, 200);
+
+    // Certificates rotate with a swap: www.example.com moves to a new certificate.
+    let mut s2 = s.clone();
+    let fresh = pki.leaf("rotated", &["www.example.com"]);
+    s2.certificates[1].cert_pem = Some(fresh.cert_pem);
+    s2.certificates[1].key_pem = Some(fresh.key_pem);
+    r.apply(support::compile(&s2)).unwrap();
+    assert_eq!(served_cn(https, "www.example.com"), "rotated");
+}
+
+#[test]
+fn tls_versions_and_http2() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "api", "prod", &[d.addr]);
+    let r = start(&s, &Collect::default());
+    let https = r.addrs().https.unwrap();
+    let g = curl(&pki, https, "https", &host(&app), "/", &["--http2"]);
+    assert_eq!((g.version.as_str(), g.status), ("HTTP/2", 200));
+    assert_eq!(g.json()["headers"]["x-forwarded-proto"], "https");
+    let g = curl(
+        &pki,
+        https,
+        "https",
+        &host(&app),
+        "/",
+        &["--http1.1", "--tlsv1.2", "--tls-max", "1.2"],
+    );
+    assert_eq!(g.status, 200);
+    // Nothing older than TLS 1.2 is offered.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &https.to_string(),
+            "-servername",
+            &host(&app),
+            "-tls1_1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "TLS 1.1 handshake must fail");
+}
+
+#[test]
+fn heroku_error_codes() {
+    let pki = Pki::new();
+    let live = Dyno::start("web.2");
+    let mut s = base(&pki);
+    s.router.first_byte_timeout_ms = 1000;
+    let none = add_app(&mut s, "none", "prod", &[]);
+    let crashed = add_app(&mut s, "crashed", "prod", &[]);
+    s.endpoints.push(Endpoint {
+        app: crashed.clone(),
+        release: 1,
+        process: "web.1".into(),
+        address: dead_addr(),
+        state: DynoState::Crashed,
+    });
+    let refused = add_app(&mut s, "refused", "prod", &[dead_addr()]);
+    let retried = add_app(&mut s, "retried", "prod", &[dead_addr(), live.addr]);
+    let slow = add_app(&mut s, "slow", "prod", &[live.addr]);
+    let sink = Collect::default();
+    let r = start(&s, &sink);
+    let https = r.addrs().https.unwrap();
+
+    assert_eq!(
+        curl(&pki, https, "https", &host(&none), "/", &[]).status,
+        503
+    );
+    sink.wait_for("at=error code=H14 desc=\"No web processes running\"");
+    assert_eq!(
+        curl(&pki, https, "https", &host(&crashed), "/", &[]).status,
+        503
+    );
+    sink.wait_for("code=H10");
+    assert_eq!(
+        curl(&pki, https, "https", &host(&refused), "/", &[]).status,
+        503
+    );
+    sink.wait_for("code=H21");
+    // A refused connect is retried on another dyno, and the dead one is skipped after.
+    for _ in 0..4 {
+        let g = curl(&pki, https, "https", &host(&retried), "/", &[]);
+        assert_eq!((g.status, g.json()["dyno"].as_str()), (200, Some("web.2")));
+    }
+    let g = curl(&pki, https, "https", &host(&slow), "/sleep/3000", &[]);
+    assert_eq!(g.status, 503);
+    sink.wait_for("code=H12");
+    let text = String::from_utf8(r.metrics().render()).unwrap();
+    assert!(
+        text.contains("wharf_router_errors_total{code=\"H21\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wharf_router_dynos_marked_down_total"),
+        "{text}"
+    );
+}
+
+#[test]
+fn streaming_bodies_and_large_uploads() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "api", "prod", &[d.addr]);
+    let r = start(&s, &Collect::default());
+    let https = r.addrs().https.unwrap();
+    let g = curl(&pki, https, "https", &host(&app), "/stream/50", &[]);
+    assert_eq!(g.status, 200);
+    assert_eq!(g.body.lines().count(), 50);
+    assert!(g.body.ends_with("chunk 49\n"));
+    let file = pki.dir.path().join("upload.bin");
+    std::fs::write(&file, vec![7u8; 5 << 20]).unwrap();
+    for extra in [
+        vec!["--data-binary"],
+        vec!["-H", "Transfer-Encoding: chunked", "--data-binary"],
+    ] {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.push(format!("@{}", file.display()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let g = curl(&pki, https, "https", &host(&app), "/upload", &args);
+        assert_eq!(g.json()["body_len"], 5 << 20);
+    }
+}
+
+/// A raw TLS connection to the router, for what curl will not send.
+fn raw_tls(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    sni: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), sni.to_owned().try_into().unwrap())
+        .unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+use rustls_pki_types::pem::PemObject;
+
+fn exchange(pki: &Pki, addr: std::net::SocketAddr, sni: &str, request: &[u8]) -> String {
+    let mut s = raw_tls(pki, addr, sni);
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn smuggling_and_limits() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "api", "prod", &[d.addr]);
+    let r = start(&s, &Collect::default());
+    let https = r.addrs().https.unwrap();
+    let h = host(&app);
+    let resp = exchange(&pki, https, &h, format!(
+        "POST / HTTP/1.1\r\nHost: {h}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let resp = exchange(
+        &pki,
+        https,
+        &h,
+        format!(
+            "POST / HTTP/1.1\r\nHost: {h}\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"
+        )
+        .as_bytes(),
+    );
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let long = "a".repeat(9000);
+    let resp = exchange(
+        &pki,
+        https,
+        &h,
+        format!("GET /{long} HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes(),
+    );
+    assert!(resp.starts_with("HTTP/1.1 414"), "{resp}");
+    let resp = exchange(
+        &pki,
+        https,
+        &h,
+        format!("GET / HTTP/1.1\r\nHost: {h}\r\nX-Big: {long}\r\n\r\n").as_bytes(),
+    );
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    let resp = exchange(&pki, https, &h, b"GET / HTTP/1.1\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+}
+
+#[test]
+fn websocket_upgrade_is_proxied() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "api", "prod", &[d.addr]);
+    let r = start(&s, &Collect::default());
+    let h = host(&app);
+    let mut c = raw_tls(&pki, r.addrs().https.unwrap(), &h);
+    c.write_all(format!("GET /ws HTTP/1.1\r\nHost: {h}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in [&b"hello websocket"[..], b"second frame"] {
+        c.write_all(msg).unwrap();
+        let mut echo = vec![0u8; msg.len()];
+        c.read_exact(&mut echo).unwrap();
+        assert_eq!(echo, msg);
+    }
+}
+
+#[test]
+fn admin_metrics_and_health() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "api", "prod", &[d.addr]);
+    let r = start(&s, &Collect::default());
+    curl(
+        &pki,
+        r.addrs().https.unwrap(),
+        "https",
+        &host(&app),
+        "/",
+        &[],
+    );
+    let admin = r.addrs().admin.unwrap();
+    let g = curl(&pki, admin, "http", "127.0.0.1", "/healthz", &[]);
+    assert_eq!(g.status, 200);
+    assert_eq!(g.json()["version"], 1);
+    let g = curl(&pki, admin, "http", "127.0.0.1", "/metrics", &[]);
+    for m in [
+        "wharf_router_requests_total{app=\"api-prod\",class=\"2xx\"} 1",
+        "wharf_router_request_duration_seconds_bucket",
+        "wharf_router_upstream_connect_seconds",
+        "wharf_router_tls_handshakes_total{version=\"TLSv1.3\"}",
+        "wharf_router_config_version 1",
+        "wharf_router_config_swaps_total 1",
+        "wharf_router_requests_in_flight 0",
+    ] {
+        assert!(g.body.contains(m), "{m} missing from\n{}", g.body);
+    }
+}
+
+#[test]
+fn invalid_config_is_rejected_whole_and_the_old_one_serves() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "api", "prod", &[d.addr]);
+    let r = start(&s, &Collect::default());
+    let https = r.addrs().https.unwrap();
+    // A key that does not match its certificate: refused by the router itself.
+    let mut bad = s.clone();
+    bad.certificates[0].key_pem = Some(pki.leaf("x", &["x.wharf.test"]).key_pem);
+    add_app(&mut bad, "new", "prod", &[d.addr]);
+    let err = r.apply(support::compile(&bad)).unwrap_err();
+    assert!(err.to_string().contains("certificates[0] (wild)"), "{err}");
+    // A snapshot that does not validate: every reason given.
+    let mut invalid = s.clone();
+    invalid.canaries.push(Canary {
+        app: "ghost-prod".into(),
+        stable_release: 1,
+        canary_release: 1,
+        weight: 300,
+        sticky: false,
+        abort: Default::default(),
+    });
+    let err = r.apply_snapshot(invalid).unwrap_err();
+    assert!(err.reasons.len() >= 3, "{err}");
+    assert_eq!(r.version(), 1);
+    assert_eq!(
+        curl(&pki, https, "https", &host(&app), "/", &[]).status,
+        200
+    );
+    assert_eq!(
+        curl(&pki, https, "https", "new-prod.wharf.test", "/", &[]).status,
+        404
+    );
+}
