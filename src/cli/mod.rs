@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config_cmd;
+mod router_cmd;
 
 /// Wharf: the edge of an app platform — HTTPS router, log shuttle and control plane.
 #[derive(Debug, Parser)]
@@ -23,11 +24,14 @@ pub enum Command {
     /// Check and inspect snapshot files.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Run the HTTPS edge router from a snapshot file (reloads on change and SIGHUP).
+    Router(router_cmd::RouterArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Config(c) => config_cmd::run(c),
+        Command::Router(a) => router_cmd::run(a),
     }
 }
 
