@@ -1,0 +1,1 @@
+//! Kubernetes runtime (kube-rs).
