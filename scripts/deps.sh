@@ -48,6 +48,7 @@ need_test_deps() {
   need_apt wrk wrk
   need_apt h2load nghttp2-client
   need_apt psql postgresql
+  need_apt chromium chromium
   need_cargo_bin tansu tansu 0.6.0 --no-default-features --features libsql
 }
 

@@ -102,12 +102,29 @@ fn full(s: impl Into<Bytes>) -> Body {
 pub struct Dyno {
     pub addr: SocketAddr,
     pub name: String,
+    /// Requests this dyno has seen.
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Dyno {
     pub fn start(name: &str) -> Dyno {
+        Self::start_with(name, None)
+    }
+
+    /// A dyno that answers every request with `status`.
+    pub fn failing(name: &str, status: u16) -> Dyno {
+        Self::start_with(name, Some(status))
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn start_with(name: &str, fixed: Option<u16>) -> Dyno {
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hits2 = hits.clone();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -127,8 +144,12 @@ impl Dyno {
                         acc = listener.accept() => {
                             let Ok((stream, _)) = acc else { continue };
                             let name = n.clone();
+                            let hits = hits2.clone();
                             tokio::spawn(async move {
-                                let svc = hyper::service::service_fn(move |req| handle(name.clone(), req));
+                                let svc = hyper::service::service_fn(move |req| {
+                                    hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    handle(name.clone(), fixed, req)
+                                });
                                 let _ = hyper::server::conn::http1::Builder::new()
                                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                                     .with_upgrades()
@@ -141,6 +162,7 @@ impl Dyno {
         });
         Dyno {
             addr,
+            hits,
             name: name.to_owned(),
             stop: Some(stop),
             thread: Some(thread),
@@ -159,7 +181,18 @@ impl Drop for Dyno {
     }
 }
 
-async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    name: String,
+    fixed: Option<u16>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if let Some(code) = fixed {
+        return Ok(Response::builder()
+            .status(code)
+            .header("x-dyno", name.as_str())
+            .body(full(format!("{name} always answers {code}\n")))
+            .unwrap());
+    }
     let path = req.uri().path().to_owned();
     if path == "/ws" {
         let upgrade = hyper::upgrade::on(&mut req);
@@ -416,4 +449,72 @@ pub fn parse_curl(out: &str) -> Got {
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// A small HTTP server answering every request with `body` (JSON), counting requests. The body
+/// can be changed while it runs (JWKS rotation).
+pub struct JsonServer {
+    pub addr: SocketAddr,
+    pub body: Arc<Mutex<String>>,
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl JsonServer {
+    pub fn start(body: String, content_type: &'static str) -> JsonServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = Arc::new(Mutex::new(body));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (b, h) = (body.clone(), hits.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => break,
+                        acc = listener.accept() => {
+                            let Ok((stream, _)) = acc else { continue };
+                            let (b, h) = (b.clone(), h.clone());
+                            tokio::spawn(async move {
+                                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                                    h.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    let body = b.lock().clone();
+                                    async move {
+                                        Ok::<_, Infallible>(Response::builder()
+                                            .header("content-type", content_type)
+                                            .body(full(body))
+                                            .unwrap())
+                                    }
+                                });
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        JsonServer {
+            addr,
+            body,
+            hits,
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for JsonServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
 }

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Router load benchmark: Wharf, nginx and HAProxy as proxies in front of the same upstream, with
+# the same number of worker threads, driven by wrk (HTTP/1.1) and h2load (h2) in the same run.
+# Prints rps, p50/p99 and the ratios Wharf/nginx and Wharf/HAProxy.
+#
+#   benches/router.sh            # 10 s per case, 1 worker per proxy
+#   DURATION=30 WORKERS=2 benches/router.sh
+#
+# Everything listens on 127.0.0.1; every process is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+need_build_deps
+need_apt nginx nginx
+need_apt haproxy haproxy
+need_apt wrk wrk
+need_apt h2load nghttp2-client
+need_apt openssl openssl
+
+DURATION=${DURATION:-10}
+WORKERS=${WORKERS:-1}
+CONNS=${CONNS:-64}
+work=$(mktemp -d /tmp/wharf-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+say "building the release binary"
+cargo build --release --locked --bin wharf >/dev/null
+wharf="$CARGO_TARGET_DIR/release/wharf"
+
+# Ports.
+UP=18080; W_HTTP=18181; W_HTTPS=18443; W_ADMIN=18190; W_REDIR=18182
+N_HTTP=18281; N_HTTPS=18543; H_HTTP=18381; H_HTTPS=18643
+HOST=bench-prod.wharf.test
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=$HOST" \
+  -addext "subjectAltName=DNS:$HOST,DNS:*.wharf.test" -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" > "$work/both.pem"
+
+# The upstream: nginx answering a small body, one worker (the same for every proxy).
+mkdir -p "$work/up" "$work/nx"
+cat > "$work/up/nginx.conf" <<NGX
+worker_processes 1; daemon off; pid $work/up/pid; error_log $work/up/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { return 200 "hello from the dyno\n"; } } }
+NGX
+nginx -c "$work/up/nginx.conf" -p "$work/up" & pids+=($!)
+
+# nginx as the proxy.
+cat > "$work/nx/nginx.conf" <<NGX
+worker_processes $WORKERS; daemon off; pid $work/nx/pid; error_log $work/nx/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream dyno { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$N_HTTP; listen 127.0.0.1:$N_HTTPS ssl; http2 on;
+    ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem; ssl_protocols TLSv1.2 TLSv1.3;
+    location / { proxy_pass http://dyno; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Request-Id \$request_id; } } }
+NGX
+nginx -c "$work/nx/nginx.conf" -p "$work/nx" & pids+=($!)
+
+# HAProxy as the proxy.
+cat > "$work/haproxy.cfg" <<HAP
+global
+  nbthread $WORKERS
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:$H_HTTP
+  bind 127.0.0.1:$H_HTTPS ssl crt $work/both.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2
+  option forwardfor
+  unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+  http-request set-header X-Request-Id %[unique-id]
+  default_backend dyno
+backend dyno
+  http-reuse always
+  server d1 127.0.0.1:$UP
+HAP
+haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+
+# Wharf: the same upstream as one app's web dyno; its internal listener serves plain HTTP.
+cat > "$work/wharf.toml" <<TOML
+version = 1
+domain = "wharf.test"
+[[spaces]]
+name = "prod"
+[[spaces]]
+name = "int"
+compliance = ["internal"]
+[[apps]]
+name = "bench"
+space = "prod"
+release = 1
+[[apps]]
+name = "bench"
+space = "int"
+release = 1
+[[releases]]
+app = "bench-prod"
+version = 1
+artifact = { image = "bench:1" }
+[[releases]]
+app = "bench-int"
+version = 1
+artifact = { image = "bench:1" }
+[[endpoints]]
+app = "bench-prod"
+release = 1
+process = "web.1"
+address = "127.0.0.1:$UP"
+[[endpoints]]
+app = "bench-int"
+release = 1
+process = "web.1"
+address = "127.0.0.1:$UP"
+[[certificates]]
+name = "bench"
+names = ["*.wharf.test"]
+cert_file = "cert.pem"
+key_file = "key.pem"
+default = true
+TOML
+RUST_LOG=warn "$wharf" router --config "$work/wharf.toml" --https 127.0.0.1:$W_HTTPS --http 127.0.0.1:$W_REDIR \
+  --internal 127.0.0.1:$W_HTTP --admin 127.0.0.1:$W_ADMIN --threads "$WORKERS" > /dev/null 2> "$work/wharf.log" & pids+=($!)
+
+for port in $UP $N_HTTP $N_HTTPS $H_HTTP $H_HTTPS $W_HTTP $W_HTTPS; do
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+curl -sf --resolve "$HOST:$W_HTTPS:127.0.0.1" -k "https://127.0.0.1:$W_HTTPS/" >/dev/null || { cat "$work/wharf.log"; exit 1; }
+
+# wrk → "rps p50_ms p99_ms"
+run_wrk() {
+  local out
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" 2>&1)
+  local rps p50 p99
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+}
+to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v+0 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } else print "nan" }'; }
+run_h2load() {
+  local out
+  out=$(h2load -D "$DURATION" -c "$CONNS" -m 10 -t 1 "$@" 2>&1)
+  local rps p50 p99
+  rps=$(awk '/^finished in/ {for(i=1;i<=NF;i++) if ($i=="req/s,") print $(i-1)}' <<<"$out")
+  # h2load reports mean and sd; mean stands in for p50, max for p99's column.
+  p50=$(awk '/^time for request:/ {print $6}' <<<"$out")
+  p99=$(awk '/^time for request:/ {print $5}' <<<"$out")
+  echo "${rps:-0} $(to_ms "${p50:-0us}") $(to_ms "${p99:-0us}")"
+}
+
+printf '\n%-22s %12s %12s %12s %14s %14s\n' case wharf nginx haproxy wharf/nginx wharf/haproxy
+row() {
+  local name=$1 w=$2 n=$3 h=$4
+  read -r wr w50 w99 <<<"$w"; read -r nr n50 n99 <<<"$n"; read -r hr h50 h99 <<<"$h"
+  printf '%-22s %12s %12s %12s %14s %14s\n' "$name rps" "$wr" "$nr" "$hr" \
+    "$(awk -v a="$wr" -v b="$nr" 'BEGIN{printf "%.2f", a/b}')" "$(awk -v a="$wr" -v b="$hr" 'BEGIN{printf "%.2f", a/b}')"
+  printf '%-22s %12s %12s %12s %14s %14s\n' "  p50 ms" "$w50" "$n50" "$h50" "" ""
+  printf '%-22s %12s %12s %12s %14s %14s\n' "  p99 ms" "$w99" "$n99" "$h99" "" ""
+}
+H="Host: $HOST"
+row "http1 keep-alive" "$(run_wrk -H "$H" "http://127.0.0.1:$W_HTTP/")" "$(run_wrk -H "$H" "http://127.0.0.1:$N_HTTP/")" "$(run_wrk -H "$H" "http://127.0.0.1:$H_HTTP/")"
+row "tls keep-alive" "$(run_wrk -H "$H" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk -H "$H" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk -H "$H" "https://127.0.0.1:$H_HTTPS/")"
+row "tls new conn/request" "$(run_wrk -H "$H" -H "Connection: close" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk -H "$H" -H "Connection: close" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk -H "$H" -H "Connection: close" "https://127.0.0.1:$H_HTTPS/")"
+row "h2 (h2load, mean/max)" "$(run_h2load "https://127.0.0.1:$W_HTTPS/" --header=":authority: $HOST")" "$(run_h2load "https://127.0.0.1:$N_HTTPS/" --header=":authority: $HOST")" "$(run_h2load "https://127.0.0.1:$H_HTTPS/" --header=":authority: $HOST")"
+echo
+echo "workers per proxy: $WORKERS, connections: $CONNS, duration: ${DURATION}s per case, machine: $(nproc) cores"
