@@ -217,7 +217,7 @@ async fn verify_inner(shared: &Shared, f: &JwtFilter, req: &RequestHeader) -> Re
     // unknown names are refused as such.
     let alg_claimed =
         raw_alg(token).ok_or_else(|| Failure::Malformed("no readable JOSE header".into()))?;
-    if alg_claimed.starts_with("HS") || !f.algorithms.iter().any(|a| *a == alg_claimed) {
+    if alg_claimed.starts_with("HS") || !f.algorithms.contains(&alg_claimed) {
         return Err(Failure::Algorithm(alg_claimed));
     }
     let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
