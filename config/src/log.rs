@@ -38,15 +38,3 @@ pub struct LogLine {
 pub trait LineSink: Send + Sync + 'static {
     fn send(&self, line: LogLine);
 }
-
-/// A sink that writes each line to stdout in the Heroku shape (standalone router).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct StdoutSink;
-
-impl LineSink for StdoutSink {
-    fn send(&self, line: LogLine) {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{} {}[{}]: {}", line.app, line.source.as_str(), line.process, line.line);
-    }
-}

@@ -178,7 +178,7 @@ proptest! {
     fn every_invalid_mutation_is_reported(s in gen_snapshot(), which in 0usize..8) {
         let mut s = s;
         let path = mutate(&mut s, which);
-        let problems = validate(s).err().expect("mutation must be rejected");
+        let problems = validate(s).expect_err("mutation must be rejected");
         prop_assert!(problems.iter().any(|p| p.path == path), "{} not in {}", path, problems);
     }
 }

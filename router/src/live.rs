@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use prometheus::{Histogram, IntCounter};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use wharf_config::RouterTable;
@@ -35,6 +37,9 @@ pub struct Live {
 pub struct AppLive {
     pub stable: Pool,
     pub canary: Option<CanaryLive>,
+    /// Metric handles, resolved on first use so the request path skips the label lookup.
+    pub requests: [OnceLock<IntCounter>; 6],
+    pub duration: OnceLock<Histogram>,
 }
 
 #[derive(Debug)]
@@ -164,6 +169,8 @@ impl Live {
                         ),
                     }
                 }),
+                requests: Default::default(),
+                duration: OnceLock::new(),
             })
             .collect();
         Ok(Live {

@@ -161,3 +161,15 @@ pub fn class(status: u16) -> &'static str {
         _ => "other",
     }
 }
+
+/// Index of [`class`] in a per-app array of six counters.
+pub fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}

@@ -236,7 +236,9 @@ impl ProxyHttp for Edge {
         let id = req.headers.get("x-request-id").map(|v| v.as_bytes());
         ctx.request_id = match id {
             Some(id) if headers::valid_request_id(id) => String::from_utf8_lossy(id).into_owned(),
-            _ => uuid::Uuid::new_v4().to_string(),
+            _ => uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .to_string(),
         };
         ctx.upgrade = headers::is_upgrade(req);
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
@@ -672,11 +674,14 @@ impl ProxyHttp for Edge {
             return;
         };
         let app = &live.table.apps[app_idx];
-        m.requests
-            .with_label_values(&[app.key.as_str(), crate::metrics::class(status)])
+        let app_live = &live.apps[app_idx];
+        let class = crate::metrics::class(status);
+        app_live.requests[crate::metrics::class_index(status)]
+            .get_or_init(|| m.requests.with_label_values(&[app.key.as_str(), class]))
             .inc();
-        m.duration
-            .with_label_values(&[app.key.as_str()])
+        app_live
+            .duration
+            .get_or_init(|| m.duration.with_label_values(&[app.key.as_str()]))
             .observe(elapsed.as_secs_f64());
         if let (Some(side), Some(c)) = (ctx.side, &live.apps[app_idx].canary) {
             m.canary_requests

@@ -68,7 +68,8 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
 /// Read, parse, load certificate files (relative to the file) and validate. The outer error is
 /// I/O on the file itself; the inner one every problem found in it.
 pub fn load_file(file: &Path) -> anyhow::Result<Result<Validated, Problems>> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let format = Format::from_file_name(&file.to_string_lossy());
     let mut snapshot = match wharf_config::parse(&text, format) {
         Ok(s) => s,
@@ -79,7 +80,9 @@ pub fn load_file(file: &Path) -> anyhow::Result<Result<Validated, Problems>> {
         }
     };
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    if let Err(p) = snapshot.load_files(|f| std::fs::read_to_string(dir.join(f)).map_err(|e| e.to_string())) {
+    if let Err(p) =
+        snapshot.load_files(|f| std::fs::read_to_string(dir.join(f)).map_err(|e| e.to_string()))
+    {
         return Ok(Err(p));
     }
     Ok(wharf_config::validate(snapshot))

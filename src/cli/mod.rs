@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod config_cmd;
 mod router_cmd;
+mod stdout_sink;
 
 /// Wharf: the edge of an app platform — HTTPS router, log shuttle and control plane.
 #[derive(Debug, Parser)]

@@ -67,7 +67,7 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
                 threads: args.threads,
             },
             table,
-            Arc::new(wharf_config::StdoutSink),
+            Arc::new(super::stdout_sink::StdoutSink::start()),
         )
         .context("starting the router")?,
     );
@@ -81,7 +81,9 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         args.config.display()
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
@@ -110,16 +112,24 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
 
 fn reload(router: &wharf_router::Handle, file: &PathBuf, why: &str) {
     match load_file(file) {
-        Err(e) => tracing::error!(error = %e, why, "reload failed; the running table keeps serving"),
+        Err(e) => {
+            tracing::error!(error = %e, why, "reload failed; the running table keeps serving")
+        }
         Ok(Err(problems)) => {
-            tracing::error!(why, count = problems.len(), "reload rejected; the running table keeps serving");
+            tracing::error!(
+                why,
+                count = problems.len(),
+                "reload rejected; the running table keeps serving"
+            );
             for p in problems.iter() {
                 tracing::error!(path = %p.path, "{}", p.message);
             }
         }
         Ok(Ok(valid)) => match router.apply(wharf_config::compile(&valid).router) {
             Ok(v) => tracing::info!(version = v, why, "reloaded"),
-            Err(e) => tracing::error!(error = %e, why, "reload rejected; the running table keeps serving"),
+            Err(e) => {
+                tracing::error!(error = %e, why, "reload rejected; the running table keeps serving")
+            }
         },
     }
 }
