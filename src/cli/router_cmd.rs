@@ -122,7 +122,7 @@ fn reload(router: &wharf_router::Handle, file: &PathBuf, why: &str) {
                 "reload rejected; the running table keeps serving"
             );
             for p in problems.iter() {
-                tracing::error!(path = %p.path, "{}", p.message);
+                tracing::error!("{p}");
             }
         }
         Ok(Ok(valid)) => match router.apply(wharf_config::compile(&valid).router) {
