@@ -12,6 +12,8 @@
 //!   per web process, Jobs for one-off dynos and `batch/v1` CronJobs for schedules, all applied
 //!   server-side with a field manager; router backends follow EndpointSlices.
 //!
+//! Which one runs is configuration: [`settings::RuntimeSettings`] and [`settings::build`].
+//!
 //! ```no_run
 //! # async fn demo(sink: wharf_runtime::Sink) {
 //! use std::sync::Arc;
@@ -26,6 +28,7 @@ pub mod cron;
 pub mod kubernetes;
 pub mod local;
 pub mod procfile;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

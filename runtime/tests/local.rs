@@ -632,3 +632,64 @@ async fn shutdown_leaves_no_process_behind() {
     assert!(rt.dynos().is_empty());
     assert!(sink.has("stubborn.1", Source::Heroku, "Error R12 (Exit timeout)"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_one_dyno_or_a_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let art = slug(dir.path());
+    let sink = Arc::new(Collect::default());
+    let rt = LocalRuntime::new(config(21700..21800), sink.clone());
+    rt.converge(DesiredState {
+        apps: vec![app(
+            "again",
+            1,
+            art,
+            vec![
+                formation("again-default", "web", 1),
+                formation("again-default", "worker", 2),
+            ],
+        )],
+    })
+    .await
+    .unwrap();
+    wait_for(&rt, "all up", |d| {
+        d.len() == 3 && d.iter().all(|x| x.state == DynoState::Up)
+    })
+    .await;
+    let starts = |name: &str| {
+        sink.0
+            .lock()
+            .iter()
+            .filter(|l| l.process == name && l.line.starts_with("Starting process"))
+            .count()
+    };
+    rt.restart("again-default", Some("worker.2")).await.unwrap();
+    for _ in 0..300 {
+        if starts("worker.2") == 2 && rt.dynos().iter().all(|x| x.state == DynoState::Up) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(starts("worker.2"), 2);
+    assert_eq!(starts("worker.1"), 1);
+    assert_eq!(starts("web.1"), 1);
+    rt.restart("again-default", Some("worker")).await.unwrap();
+    rt.restart("again-default", None).await.unwrap();
+    for _ in 0..300 {
+        if starts("web.1") >= 2 && starts("worker.1") >= 2 && starts("worker.2") >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(starts("web.1") >= 2 && starts("worker.1") >= 2 && starts("worker.2") >= 3);
+    assert!(sink.has(
+        "worker.2",
+        Source::Heroku,
+        "Stopping all processes with SIGTERM"
+    ));
+    assert!(matches!(
+        rt.restart("nope-default", None).await,
+        Err(wharf_runtime::RuntimeError::UnknownApp(_))
+    ));
+    rt.shutdown().await;
+}
