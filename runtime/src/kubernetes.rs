@@ -363,6 +363,125 @@ pub fn dynos_from_slices(
     out
 }
 
+/// The state of a dyno from its pod: crash loops and image errors are `crashed`.
+pub fn pod_state(p: &Pod) -> DynoState {
+    if p.metadata.deletion_timestamp.is_some() {
+        return DynoState::Down;
+    }
+    let Some(status) = &p.status else {
+        return DynoState::Starting;
+    };
+    let crashing = status.container_statuses.iter().flatten().any(|c| {
+        c.state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref())
+            .is_some_and(|r| {
+                matches!(
+                    r,
+                    "CrashLoopBackOff"
+                        | "Error"
+                        | "ImagePullBackOff"
+                        | "ErrImagePull"
+                        | "CreateContainerConfigError"
+                        | "RunContainerError"
+                )
+            })
+    });
+    if crashing {
+        return DynoState::Crashed;
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    match status.phase.as_deref() {
+        Some("Running") if ready => DynoState::Up,
+        Some("Succeeded") => DynoState::Down,
+        Some("Failed") => DynoState::Crashed,
+        _ => DynoState::Starting,
+    }
+}
+
+/// Every dyno: web dynos from EndpointSlices (what the router uses), enriched by their pods
+/// (release, restarts, crash loops); every other managed pod from its own status.
+pub fn dynos_from_cluster(
+    slices: &[EndpointSlice],
+    pods: &[Pod],
+    release: &BTreeMap<String, u32>,
+) -> Vec<DynoStatus> {
+    let by_id: BTreeMap<String, &Pod> = pods
+        .iter()
+        .map(|p| {
+            (
+                format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+                p,
+            )
+        })
+        .collect();
+    let restarts = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|c| c.iter().map(|c| c.restart_count.max(0) as u32).sum())
+            .unwrap_or(0)
+    };
+    let label = |p: &Pod, k: &str| p.labels().get(k).cloned();
+    let mut out = dynos_from_slices(slices, release);
+    let mut seen = BTreeSet::new();
+    for d in &mut out {
+        seen.insert(d.id.clone());
+        if let Some(p) = by_id.get(&d.id) {
+            if let Some(r) = label(p, LABEL_RELEASE).and_then(|r| r.parse().ok()) {
+                d.release = r;
+            }
+            d.restarts = restarts(p);
+            if pod_state(p) == DynoState::Crashed {
+                d.state = DynoState::Crashed;
+            }
+        }
+    }
+    for (id, p) in by_id {
+        if seen.contains(&id) {
+            continue;
+        }
+        let (Some(app), Some(t)) = (label(p, LABEL_APP), label(p, LABEL_TYPE)) else {
+            continue;
+        };
+        let ns = p.namespace().unwrap_or_default();
+        let key = format!("{app}-{ns}");
+        let pod = p.name_any();
+        let suffix = pod
+            .strip_prefix(&format!("{}-", workload_name(&app, &t)))
+            .or_else(|| pod.strip_prefix(&format!("{app}--")))
+            .unwrap_or(&pod)
+            .to_owned();
+        out.push(DynoStatus {
+            id,
+            app: key.clone(),
+            name: format!("{t}.{suffix}"),
+            process_type: t,
+            release: label(p, LABEL_RELEASE)
+                .and_then(|r| r.parse().ok())
+                .or_else(|| release.get(&key).copied())
+                .unwrap_or(0),
+            // Web pods not (yet) in an EndpointSlice take no traffic.
+            state: match pod_state(p) {
+                DynoState::Up if label(p, LABEL_TYPE).as_deref() == Some("web") => {
+                    DynoState::Starting
+                }
+                s => s,
+            },
+            address: None,
+            updated_at_us: now_us(),
+            restarts: restarts(p),
+        });
+    }
+    out.sort_by(|a, b| (&a.app, &a.process_type, &a.id).cmp(&(&b.app, &b.process_type, &b.id)));
+    out
+}
+
 /// Outcome of a web Deployment's rollout, from its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rollout {
@@ -395,6 +514,9 @@ pub fn rollout_state(d: &Deployment) -> Rollout {
     }
 }
 
+/// Objects by (namespace, name).
+type ObjMap<K> = BTreeMap<(String, String), K>;
+
 #[derive(Default)]
 struct KState {
     desired: BTreeMap<String, DesiredApp>,
@@ -404,7 +526,8 @@ struct KState {
     failed: BTreeMap<String, u32>,
     /// Per app, the release last reported up or failed (events are sent once).
     reported: BTreeMap<String, u32>,
-    slices: BTreeMap<(String, String), EndpointSlice>,
+    slices: ObjMap<EndpointSlice>,
+    pods: ObjMap<Pod>,
     dynos: Vec<DynoStatus>,
 }
 
@@ -458,12 +581,18 @@ impl KubeRuntime {
         }
     }
 
-    /// Start the EndpointSlice watch (router backends) and the periodic reconcile loop.
+    /// Start the EndpointSlice watch (router backends), the pod watch (dyno states) and the
+    /// periodic reconcile loop (drift repair, rollout checks).
     pub fn start(&self) {
+        let me = self.clone();
+        self.inner.tasks.spawn(async move {
+            me.watch_store::<EndpointSlice>("endpointslices", |st| &mut st.slices)
+                .await
+        });
         let me = self.clone();
         self.inner
             .tasks
-            .spawn(async move { me.watch_endpoints().await });
+            .spawn(async move { me.watch_store::<Pod>("pods", |st| &mut st.pods).await });
         let me = self.clone();
         self.inner.tasks.spawn(async move {
             loop {
@@ -710,14 +839,21 @@ impl KubeRuntime {
             })
             .collect();
         let slices: Vec<EndpointSlice> = st.slices.values().cloned().collect();
-        st.dynos = dynos_from_slices(&slices, &releases);
+        let pods: Vec<Pod> = st.pods.values().cloned().collect();
+        st.dynos = dynos_from_cluster(&slices, &pods, &releases);
     }
 
-    async fn watch_endpoints(&self) {
-        let api: Api<EndpointSlice> = Api::all(self.inner.client.clone());
+    /// List-and-watch one kind of object Wharf manages into the state; dynos follow.
+    async fn watch_store<K>(&self, what: &'static str, slot: fn(&mut KState) -> &mut ObjMap<K>)
+    where
+        K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
+        <K as Resource>::DynamicType: Default,
+    {
+        let api: Api<K> = Api::all(self.inner.client.clone());
         let cfg = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
         let mut stream = watcher(api, cfg).boxed();
-        let mut init: Vec<EndpointSlice> = Vec::new();
+        let mut init: Vec<K> = Vec::new();
+        let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
         loop {
             let next = tokio::select! {
                 n = stream.try_next() => n,
@@ -725,45 +861,38 @@ impl KubeRuntime {
             };
             match next {
                 Ok(Some(ev)) => {
-                    let changed = {
-                        let mut st = self.inner.state.lock();
-                        let key = |s: &EndpointSlice| {
-                            (
-                                s.metadata.namespace.clone().unwrap_or_default(),
-                                s.metadata.name.clone().unwrap_or_default(),
-                            )
-                        };
-                        match ev {
-                            watcher::Event::Init => {
-                                init.clear();
-                                false
-                            }
-                            watcher::Event::InitApply(s) => {
-                                init.push(s);
-                                false
-                            }
-                            watcher::Event::InitDone => {
-                                st.slices = init.drain(..).map(|s| (key(&s), s)).collect();
-                                true
-                            }
-                            watcher::Event::Apply(s) => {
-                                st.slices.insert(key(&s), s);
-                                true
-                            }
-                            watcher::Event::Delete(s) => {
-                                st.slices.remove(&key(&s));
-                                true
-                            }
+                    let mut st = self.inner.state.lock();
+                    let changed = match ev {
+                        watcher::Event::Init => {
+                            init.clear();
+                            false
+                        }
+                        watcher::Event::InitApply(o) => {
+                            init.push(o);
+                            false
+                        }
+                        watcher::Event::InitDone => {
+                            *slot(&mut st) = init.drain(..).map(|o| (key(&o), o)).collect();
+                            true
+                        }
+                        watcher::Event::Apply(o) => {
+                            slot(&mut st).insert(key(&o), o);
+                            true
+                        }
+                        watcher::Event::Delete(o) => {
+                            slot(&mut st).remove(&key(&o));
+                            true
                         }
                     };
                     if changed {
-                        Self::recompute(&mut self.inner.state.lock());
+                        Self::recompute(&mut st);
+                        drop(st);
                         self.bump();
                     }
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    warn!(error = %e, "endpointslice watch failed; retrying");
+                    warn!(error = %e, what, "watch failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = self.inner.token.cancelled() => return,

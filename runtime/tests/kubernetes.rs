@@ -709,3 +709,84 @@ async fn endpoint_slices_become_router_backends() {
     assert!(rt.dynos().iter().all(|d| d.state == DynoState::Up));
     rt.shutdown().await;
 }
+
+fn pod(name: &str, t: &str, release: u32, status: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "prod", "resourceVersion": "9", "labels": labels(release, t)},
+        "status": status,
+    })
+}
+
+#[tokio::test]
+async fn pods_report_dyno_states_and_crash_loops() {
+    let (client, api) = start_mock();
+    let rt = runtime(client);
+    rt.converge(DesiredState {
+        apps: vec![api_app(4, 1, vec![formation("worker", 2)])],
+    })
+    .await
+    .unwrap();
+    let cs = |restarts: u32, state: Value| json!([{"name": "c", "image": "x", "imageID": "", "ready": false, "restartCount": restarts, "state": state}]);
+    api.lists.lock().insert(
+        "/api/v1/pods".into(),
+        vec![
+            pod(
+                "api-7d9f-x1",
+                "web",
+                4,
+                json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                       "containerStatuses": cs(2, json!({"running": {}}))}),
+            ),
+            pod(
+                "api--worker-5c6d-aa",
+                "worker",
+                4,
+                json!({"phase": "Running", "containerStatuses": cs(5, json!({"waiting": {"reason": "CrashLoopBackOff"}}))}),
+            ),
+            pod(
+                "api--worker-5c6d-bb",
+                "worker",
+                4,
+                json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                       "containerStatuses": cs(0, json!({"running": {}}))}),
+            ),
+            pod("api--worker-5c6d-cc", "worker", 4, json!({"phase": "Pending"})),
+        ],
+    );
+    api.lists.lock().insert(
+        "/apis/discovery.k8s.io/v1/endpointslices".into(),
+        vec![slice(
+            "api-abc",
+            json!([{"addresses": ["10.1.0.5"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "api-7d9f-x1"}}]),
+        )],
+    );
+    let mut changes = rt.changes();
+    rt.start();
+    for _ in 0..200 {
+        if rt.dynos().len() == 4 && rt.dynos().iter().any(|d| d.restarts == 2) {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
+    }
+    let d = rt.dynos();
+    let by_name: BTreeMap<&str, (DynoState, u32, u32)> = d
+        .iter()
+        .map(|d| (d.name.as_str(), (d.state, d.restarts, d.release)))
+        .collect();
+    assert_eq!(
+        by_name,
+        BTreeMap::from([
+            ("web.7d9f-x1", (DynoState::Up, 2, 4)),
+            ("worker.5c6d-aa", (DynoState::Crashed, 5, 4)),
+            ("worker.5c6d-bb", (DynoState::Up, 0, 4)),
+            ("worker.5c6d-cc", (DynoState::Starting, 0, 4)),
+        ]),
+        "{d:#?}"
+    );
+    // Only the ready web endpoint is a router backend.
+    let backends = wharf_runtime::router_endpoints(&d);
+    assert_eq!(backends.len(), 1);
+    assert_eq!(backends[0].address.to_string(), "10.1.0.5:8080");
+    rt.shutdown().await;
+}
