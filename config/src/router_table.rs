@@ -157,13 +157,25 @@ impl RouterTable {
     pub(crate) fn build(v: &Validated, digest: &str) -> RouterTable {
         let internal_space =
             |space: &str| v.spaces.iter().any(|s| s.name == space && s.is_internal());
+        let mut by_app: HashMap<&str, Vec<&crate::model::Endpoint>> = HashMap::new();
+        for e in &v.endpoints {
+            by_app.entry(e.app.as_str()).or_default().push(e);
+        }
+        let mut canaries: HashMap<&str, &crate::model::Canary> = HashMap::new();
+        for c in &v.canaries {
+            canaries.insert(c.app.as_str(), c);
+        }
+        let mut routes_by_site: HashMap<&str, Vec<&crate::model::Route>> = HashMap::new();
+        for r in &v.routes {
+            routes_by_site.entry(r.site.as_str()).or_default().push(r);
+        }
         let mut app_index: HashMap<String, usize> = HashMap::new();
         let mut apps = Vec::with_capacity(v.apps.len());
         let mut hosts = HashMap::new();
         for (i, a) in v.apps.iter().enumerate() {
             let key = a.key();
             let internal = internal_space(&a.space);
-            let canary = v.canaries.iter().find(|c| c.app == key);
+            let canary = canaries.get(key.as_str()).copied();
             let mut web = Vec::new();
             let mut canary_backends = Vec::new();
             let mut crashed = 0;
@@ -258,7 +270,11 @@ impl RouterTable {
         let mut sites = Vec::with_capacity(v.sites.len());
         for (i, s) in v.sites.iter().enumerate() {
             let mut routes = PrefixTree::new();
-            for r in v.routes.iter().filter(|r| r.site == s.domain) {
+            for r in routes_by_site
+                .get(s.domain.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 if let Some(&app) = app_index.get(&r.app) {
                     routes.insert(
                         &r.source_path,

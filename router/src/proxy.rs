@@ -69,6 +69,8 @@ pub struct Ctx {
     tls_version: Option<&'static str>,
     cors: Option<filters::CorsMatch>,
     set_sticky: bool,
+    body_bytes: u64,
+    max_body: u64,
 }
 
 impl Edge {
@@ -218,6 +220,8 @@ impl ProxyHttp for Edge {
             tls_version: None,
             cors: None,
             set_sticky: false,
+            body_bytes: 0,
+            max_body: 0,
         }
     }
 
@@ -357,6 +361,20 @@ impl ProxyHttp for Edge {
             }
         };
         ctx.app = Some(found.app);
+        ctx.max_body = live.table.settings.max_body_bytes;
+        if ctx.max_body > 0 {
+            let declared = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > ctx.max_body) {
+                return self
+                    .respond(session, ctx, 413, "Payload Too Large\n", &[])
+                    .await;
+            }
+        }
         if let Some((route, len)) = found.route {
             ctx.upstream_path = Some(paths::rewrite(&route.target_path, &normalized, len));
         } else if normalized != ctx.path {
@@ -406,6 +424,25 @@ impl ProxyHttp for Edge {
             return self.respond_error(session, ctx, code).await;
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.max_body > 0 && ctx.body_bytes > ctx.max_body {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the limit",
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -595,6 +632,17 @@ impl ProxyHttp for Edge {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let downstream = matches!(e.esource(), pingora::ErrorSource::Downstream);
+        if let ErrorType::HTTPStatus(status) = e.etype() {
+            let status = *status;
+            ctx.status = status;
+            if !ctx.response_started {
+                let _ = session.respond_error(status).await;
+            }
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         let code = match e.etype() {
             _ if downstream => match e.etype() {
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {

@@ -604,3 +604,56 @@ fn invalid_config_is_rejected_whole_and_the_old_one_serves() {
         404
     );
 }
+
+#[test]
+fn request_body_limit() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    s.router.max_body_bytes = 1024;
+    let app = add_app(&mut s, "api", "prod", &[d.addr]);
+    let r = start(&s, &Collect::default());
+    let https = r.addrs().https.unwrap();
+    let small = "x".repeat(1000);
+    let big = "x".repeat(5000);
+    assert_eq!(
+        curl(
+            &pki,
+            https,
+            "https",
+            &host(&app),
+            "/",
+            &["--data-binary", &small]
+        )
+        .json()["body_len"],
+        1000
+    );
+    let before = d.hits();
+    assert_eq!(
+        curl(
+            &pki,
+            https,
+            "https",
+            &host(&app),
+            "/",
+            &["--data-binary", &big]
+        )
+        .status,
+        413
+    );
+    assert_eq!(
+        d.hits(),
+        before,
+        "a declared oversized body never reaches the dyno"
+    );
+    // Chunked: the limit is counted as the body streams.
+    let g = curl(
+        &pki,
+        https,
+        "https",
+        &host(&app),
+        "/",
+        &["-H", "Transfer-Encoding: chunked", "--data-binary", &big],
+    );
+    assert_eq!(g.status, 413, "{g:?}");
+}
