@@ -1074,17 +1074,28 @@ impl Runtime for KubeRuntime {
             .into_iter()
             .find(|a| a.key == app)
             .ok_or_else(|| RuntimeError::UnknownApp(app.to_owned()))?;
-        // `kubectl rollout restart`: a new template annotation rolls every pod (rolling, so
-        // web keeps serving). A single pod name restarts that pod.
+        // One dyno (`web.7d9f-x1`, as `dynos()` names it): delete its pod, the Deployment
+        // replaces it.
+        if let Some((t, suffix)) = which.and_then(|w| w.split_once('.')) {
+            let pod = format!("{}-{suffix}", workload_name(&desired.name, t));
+            let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &desired.space);
+            return match api.delete(&pod, &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => Err(RuntimeError::Invalid {
+                    app: app.to_owned(),
+                    message: format!("no dyno {:?}", which.unwrap_or_default()),
+                }),
+                Err(e) => Err(e.into()),
+            };
+        }
+        // A process type or every one: `kubectl rollout restart`, a new template annotation
+        // rolls every pod (rolling, so web keeps serving).
         let types: Vec<String> = desired
             .formation
             .iter()
             .filter(|f| f.app == desired.key && f.schedule.is_none())
             .map(|f| f.process_type.clone())
-            .filter(|t| match which {
-                None => true,
-                Some(w) => w == t || w.starts_with(&format!("{t}.")),
-            })
+            .filter(|t| which.is_none_or(|w| w == t))
             .collect();
         let stamp = now_us().to_string();
         for t in types {

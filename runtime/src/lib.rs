@@ -144,6 +144,40 @@ pub struct RunHandle {
     pub exit: oneshot::Receiver<Option<i32>>,
 }
 
+impl DesiredState {
+    /// What a snapshot asks to run: every app with a current release, that release's artifact
+    /// and config vars, and the app's formation entries. Apps without a release run nothing.
+    pub fn from_snapshot(s: &wharf_config::Snapshot) -> DesiredState {
+        let apps = s
+            .apps
+            .iter()
+            .filter_map(|a| {
+                let key = a.key();
+                let version = a.release?;
+                let release = s
+                    .releases
+                    .iter()
+                    .find(|r| r.app == key && r.version == version)?;
+                Some(DesiredApp {
+                    name: a.name.clone(),
+                    space: a.space.clone(),
+                    release: version,
+                    artifact: release.artifact.clone(),
+                    config_vars: release.config_vars.clone(),
+                    formation: s
+                        .formation
+                        .iter()
+                        .filter(|f| f.app == key)
+                        .cloned()
+                        .collect(),
+                    key,
+                })
+            })
+            .collect();
+        DesiredState { apps }
+    }
+}
+
 impl RunHandle {
     /// Drain the output and wait for the exit code.
     pub async fn wait(mut self) -> (Vec<String>, Option<i32>) {
@@ -239,4 +273,49 @@ pub(crate) fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desired_state_from_a_snapshot() {
+        let text = r#"
+version = 1
+[[spaces]]
+name = "default"
+[[apps]]
+name = "api"
+space = "default"
+release = 2
+[[apps]]
+name = "idle"
+space = "default"
+[[releases]]
+app = "api-default"
+version = 1
+artifact = { command = "old" }
+[[releases]]
+app = "api-default"
+version = 2
+artifact = { command = "python3 app.py" }
+config_vars = { A = "1" }
+[[formation]]
+app = "api-default"
+type = "web"
+quantity = 2
+"#;
+        let snap = wharf_config::parse(text, wharf_config::Format::Toml).unwrap();
+        let d = DesiredState::from_snapshot(&snap);
+        assert_eq!(d.apps.len(), 1);
+        let a = &d.apps[0];
+        assert_eq!((a.key.as_str(), a.release), ("api-default", 2));
+        assert_eq!(a.artifact, Artifact::Command("python3 app.py".into()));
+        assert_eq!(a.config_vars["A"], "1");
+        assert_eq!(a.formation.len(), 1);
+        assert_eq!(a.formation[0].quantity, 2);
+        assert_eq!(discovery_prefix("my-api"), "MY_API");
+        assert_eq!(size_memory_mib("performance-l"), 14336);
+    }
 }

@@ -1436,18 +1436,29 @@ impl Runtime for LocalRuntime {
                 .ok_or_else(|| RuntimeError::UnknownApp(app.to_owned()))?;
             a.run_counter += 1;
             let d = &a.desired;
-            let mut env = d.config_vars.clone();
-            env.extend(request.env.clone());
-            let cwd = match &d.artifact {
-                Artifact::Slug(dir) => Some(PathBuf::from(dir)),
-                _ => None,
+            // One-offs run the release that serves: the last good one if the desired release
+            // failed its rollout.
+            let serving = a.good.values().find(|g| {
+                a.failed.iter().any(|f| f.release == d.release) && g.release != d.release
+            });
+            let (release, mut env, cwd) = match serving {
+                Some(g) => (g.release, g.env.clone(), g.cwd.clone()),
+                None => (
+                    d.release,
+                    d.config_vars.clone(),
+                    match &d.artifact {
+                        Artifact::Slug(dir) => Some(PathBuf::from(dir)),
+                        _ => None,
+                    },
+                ),
             };
+            env.extend(request.env.clone());
             (
                 Arc::new(Spec {
                     app: d.key.clone(),
                     app_name: d.name.clone(),
                     space: d.space.clone(),
-                    release: d.release,
+                    release,
                     process_type: "run".to_owned(),
                     command: request.command.clone(),
                     cwd,

@@ -790,3 +790,49 @@ async fn pods_report_dyno_states_and_crash_loops() {
     assert_eq!(backends[0].address.to_string(), "10.1.0.5:8080");
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn restart_rolls_a_type_or_deletes_one_pod() {
+    let (client, api) = start_mock();
+    let rt = runtime(client);
+    rt.converge(DesiredState {
+        apps: vec![api_app(1, 2, vec![formation("worker", 1)])],
+    })
+    .await
+    .unwrap();
+    api.clear();
+    rt.restart("api-prod", Some("worker")).await.unwrap();
+    let calls = api.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].method, "PATCH");
+    assert_eq!(
+        calls[0].path,
+        "/apis/apps/v1/namespaces/prod/deployments/api--worker"
+    );
+    assert!(
+        calls[0].body.as_ref().unwrap()["spec"]["template"]["metadata"]["annotations"]
+            ["wharf.io/restarted-at"]
+            .is_string()
+    );
+    api.clear();
+    rt.restart("api-prod", None).await.unwrap();
+    let mut paths: Vec<String> = api.calls().into_iter().map(|c| c.path).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        vec![
+            "/apis/apps/v1/namespaces/prod/deployments/api",
+            "/apis/apps/v1/namespaces/prod/deployments/api--worker"
+        ]
+    );
+    api.clear();
+    rt.restart("api-prod", Some("web.7d9f-x1")).await.unwrap();
+    assert_eq!(
+        api.deleted(),
+        vec!["/api/v1/namespaces/prod/pods/api-7d9f-x1"]
+    );
+    assert!(matches!(
+        rt.restart("nope-prod", None).await,
+        Err(wharf_runtime::RuntimeError::UnknownApp(_))
+    ));
+}

@@ -303,6 +303,18 @@ async fn crash_restarts_with_backoff() {
     assert!(sink.has("worker.1", Source::App, "boom"));
     assert!(sink.has("worker.1", Source::Heroku, "Process exited with status 3"));
     assert!(sink.has("worker.1", Source::Heroku, "to crashed"));
+    let crashes: u64 = rt
+        .registry()
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "wharf_runtime_dyno_crashes_total")
+        .flat_map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value() as u64)
+        })
+        .sum();
+    assert!(crashes >= 5, "crash counter {crashes}");
     rt.shutdown().await;
 }
 
@@ -464,6 +476,20 @@ async fn unhealthy_release_is_rolled_back() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after: Vec<String> = rt.dynos().into_iter().map(|d| d.id).collect();
     assert_eq!(before, after);
+    // One-offs run the release that serves, not the failed one.
+    let (lines, code) = rt
+        .run(
+            "sick-default",
+            RunRequest {
+                command: "echo release $RELEASE".into(),
+                ..RunRequest::default()
+            },
+        )
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert_eq!((lines, code), (vec!["release 1".to_owned()], Some(0)));
     rt.shutdown().await;
 }
 

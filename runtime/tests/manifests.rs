@@ -154,7 +154,7 @@ fn rbac_is_least_privilege_and_covers_the_runtime() {
         ("", "namespaces", &["get", "create", "patch"]),
         ("", "secrets", &["list", "create", "patch", "delete"]),
         ("", "services", &["list", "create", "patch", "delete"]),
-        ("", "pods", &["get", "list", "watch"]),
+        ("", "pods", &["get", "list", "watch", "delete"]),
         ("", "pods/log", &["get"]),
         (
             "apps",
