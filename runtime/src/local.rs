@@ -510,6 +510,10 @@ impl Shared {
             if st.shut {
                 return Err(RuntimeError::ShutDown);
             }
+            // A rollout still running for an app that was just removed starts nothing.
+            if !st.apps.contains_key(&spec.app) {
+                return Err(RuntimeError::UnknownApp(spec.app.clone()));
+            }
             let port = if spec.is_web() && oneshot.is_none() {
                 match Self::alloc_port(&mut st, &self.cfg) {
                     Some((p, _listener)) => Some(p),
@@ -935,6 +939,10 @@ async fn supervise(sh: Arc<Shared>, id: u64, mut oneshot: Option<OneShot>) {
             Outcome::Exited(_) | Outcome::BootTimeout if oneshot.is_some() => break None,
             Outcome::Exited(_) | Outcome::BootTimeout => {}
         }
+        // Exited while draining or being stopped: that is the end, not a crash.
+        if sh.state.lock().dynos.get(&id).is_none_or(|d| d.stopping) {
+            break None;
+        }
         // A crash.
         let code = match outcome {
             Outcome::Exited(c) => c,
@@ -1092,6 +1100,10 @@ async fn reconcile_app(sh: &Arc<Shared>, key: &str, token: &CancellationToken) {
     };
     for id in stale {
         sh.stop_dyno(id, true);
+    }
+    if token.is_cancelled() {
+        // Removed or shutting down mid-rollout: nothing to report.
+        return;
     }
     if let Some((release, rolled_back_to, reason)) = release_failed {
         sh.emit(RuntimeEvent::ReleaseFailed {

@@ -719,3 +719,58 @@ async fn restart_one_dyno_or_a_type() {
     ));
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_app_stops_everything_it_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let art = slug(dir.path());
+    let sink = Arc::new(Collect::default());
+    let rt = LocalRuntime::new(config(21800..21900), sink.clone());
+    let keep = app(
+        "keep",
+        1,
+        art.clone(),
+        vec![formation("keep-default", "worker", 1)],
+    );
+    let gone = app(
+        "gone",
+        1,
+        art,
+        vec![
+            formation("gone-default", "web", 2),
+            formation("gone-default", "worker", 1),
+        ],
+    );
+    rt.converge(DesiredState {
+        apps: vec![keep.clone(), gone],
+    })
+    .await
+    .unwrap();
+    wait_for(&rt, "all up", |d| {
+        d.len() == 4 && d.iter().all(|x| x.state == DynoState::Up)
+    })
+    .await;
+    assert!(rt.service_address("gone-default").is_some());
+    let groups: BTreeSet<i32> = rt.process_groups().into_iter().collect();
+    rt.converge(DesiredState { apps: vec![keep] })
+        .await
+        .unwrap();
+    wait_for(&rt, "only keep left", |d| {
+        d.len() == 1 && d[0].app == "keep-default"
+    })
+    .await;
+    assert!(rt.service_address("gone-default").is_none());
+    let kept: BTreeSet<i32> = rt.process_groups().into_iter().collect();
+    let removed: BTreeSet<i32> = groups.difference(&kept).copied().collect();
+    assert_eq!(removed.len(), 3);
+    let mut left = alive_in_groups(&removed);
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = alive_in_groups(&removed);
+    }
+    assert!(left.is_empty(), "{left:?}");
+    rt.shutdown().await;
+}
