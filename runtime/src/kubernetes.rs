@@ -180,12 +180,19 @@ pub fn objects_for(app: &DesiredApp, cfg: &KubeConfig) -> Result<AppObjects, Str
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": ns, "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_SPACE: ns}},
     }))?;
-    let secret = typed(json!({
+    // `data`, not `stringData`: with server-side apply a key dropped from `stringData` would
+    // linger in `data`; owning `data` means a removed config var is removed.
+    let mut secret: Secret = typed(json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": secret_name(&app.name), "namespace": ns, "labels": labels(app, None)},
         "type": "Opaque",
-        "stringData": app.config_vars,
     }))?;
+    secret.data = Some(
+        app.config_vars
+            .iter()
+            .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+            .collect(),
+    );
     let mut deployments = Vec::new();
     let mut services = Vec::new();
     let mut cron_jobs = Vec::new();

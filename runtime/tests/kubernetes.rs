@@ -222,7 +222,11 @@ async fn formation_applies_exact_objects_server_side() {
     let ns = api.last_applied("/api/v1/namespaces/prod");
     assert_eq!(ns["kind"], "Namespace");
     let secret = api.last_applied("/api/v1/namespaces/prod/secrets/api-config");
-    assert_eq!(secret["stringData"]["DATABASE_URL"], "postgres://db/api");
+    assert_eq!(
+        secret["data"]["DATABASE_URL"],
+        serde_json::to_value(k8s_openapi::ByteString(b"postgres://db/api".to_vec())).unwrap()
+    );
+    assert!(secret.get("stringData").is_none());
     assert_eq!(secret["metadata"]["labels"]["wharf.io/app"], "api");
 
     let expected_web = json!({
@@ -835,4 +839,32 @@ async fn restart_rolls_a_type_or_deletes_one_pod() {
         rt.restart("nope-prod", None).await,
         Err(wharf_runtime::RuntimeError::UnknownApp(_))
     ));
+}
+
+#[tokio::test]
+async fn the_background_loop_reapplies_to_repair_drift() {
+    let (client, api) = start_mock();
+    let cfg = KubeConfig {
+        reconcile_interval: Duration::from_millis(50),
+        ..KubeConfig::default()
+    };
+    let rt = KubeRuntime::new(client, cfg, Arc::new(Collect::default()));
+    rt.converge(DesiredState {
+        apps: vec![api_app(1, 2, vec![])],
+    })
+    .await
+    .unwrap();
+    let first = api.last_applied(DEPLOY_API);
+    api.clear();
+    rt.start();
+    for _ in 0..200 {
+        if api.applied(DEPLOY_API).len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = api.applied(DEPLOY_API);
+    assert!(again.len() >= 2, "{:#?}", api.paths());
+    assert!(again.iter().all(|d| *d == first));
+    rt.shutdown().await;
 }
