@@ -179,11 +179,11 @@ impl RouterTable {
             let mut web = Vec::new();
             let mut canary_backends = Vec::new();
             let mut crashed = 0;
-            for e in v
-                .endpoints
-                .iter()
-                .filter(|e| e.app == key && is_web(&e.process))
-            {
+            let endpoints = by_app
+                .get(key.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for e in endpoints.iter().filter(|e| is_web(&e.process)) {
                 match e.state {
                     DynoState::Up => {
                         let b = Backend {
