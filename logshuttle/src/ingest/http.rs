@@ -1,0 +1,108 @@
+//! Logplex-compatible `POST /logs`: `Content-Type: application/logplex-1`, octet-counted frames,
+//! `Logplex-Msg-Count` checked, Basic auth whose password is the app's log token. A request is
+//! taken whole or refused whole, with the reason in the body.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+
+use crate::Handle;
+use crate::wire;
+
+/// The router to mount (all-in-one binary) or serve alone (`wharf logshuttle`).
+pub fn router(handle: Handle) -> Router {
+    Router::new().route("/logs", post(logs)).with_state(handle)
+}
+
+fn refuse(handle: &Handle, status: StatusCode, reason: &str, msg: String) -> Response {
+    handle.metrics().ingest_errors.with_label_values(&["http", reason]).inc();
+    tracing::debug!(%status, reason, detail = %msg, "logplex POST refused");
+    let mut r = (status, format!("{msg}\n")).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"logs\""),
+        );
+    }
+    r
+}
+
+fn token_of(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let b64 = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (_, pass) = text.split_once(':')?;
+    Some(pass.to_owned())
+}
+
+async fn logs(State(handle): State<Handle>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(token) = token_of(&headers) else {
+        return refuse(
+            &handle,
+            StatusCode::UNAUTHORIZED,
+            "auth",
+            "Basic authentication with the app's log token as password is required".into(),
+        );
+    };
+    let Some((app, space)) = handle.app_for_token(&token) else {
+        return refuse(&handle, StatusCode::UNAUTHORIZED, "auth", "unknown log token".into());
+    };
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ctype.split(';').next().map(str::trim) != Some("application/logplex-1") {
+        return refuse(
+            &handle,
+            StatusCode::BAD_REQUEST,
+            "content-type",
+            format!("Content-Type must be application/logplex-1, not {ctype:?}"),
+        );
+    }
+    let count: Option<usize> = headers
+        .get("logplex-msg-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let Some(count) = count else {
+        return refuse(
+            &handle,
+            StatusCode::BAD_REQUEST,
+            "msg-count",
+            "Logplex-Msg-Count header is missing or not a number".into(),
+        );
+    };
+    let frames = match wire::split_logplex_body(&body) {
+        Ok(f) => f,
+        Err(e) => return refuse(&handle, StatusCode::BAD_REQUEST, "framing", e),
+    };
+    if frames.len() != count {
+        return refuse(
+            &handle,
+            StatusCode::BAD_REQUEST,
+            "msg-count",
+            format!(
+                "Logplex-Msg-Count is {count} but the body holds {} frames",
+                frames.len()
+            ),
+        );
+    }
+    let mut lines = Vec::with_capacity(frames.len());
+    for (i, f) in frames.iter().enumerate() {
+        match wire::parse_message(f) {
+            Ok(m) => lines.push(m.to_line(&app, &space)),
+            Err(e) => {
+                return refuse(&handle, StatusCode::BAD_REQUEST, "syslog", format!("frame {}: {e}", i + 1));
+            }
+        }
+    }
+    let sink = handle.sink();
+    for l in lines {
+        sink.send(l);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}

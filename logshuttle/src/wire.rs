@@ -1,0 +1,447 @@
+//! Bytes on the wire: RFC 5424 messages in Heroku's shape, RFC 6587 framing (octet counting
+//! and newline), `application/logplex-1` bodies, and the notices Logplex writes into a stream.
+//!
+//! Heroku's shape: `<PRI>1 TIMESTAMP HOST APP-NAME PROCID - - MSG`, where APP-NAME is the source
+//! (`app` or `heroku`), PROCID the process (`web.1`, `router`), and HOST the drain token (or the
+//! app key when the drain has none). PRI is 190 (local7.info) for app lines and 158
+//! (local3.info) for platform lines.
+
+use std::fmt::Write as _;
+
+use bytes::{Buf, Bytes, BytesMut};
+use wharf_config::{LogLine, Source};
+
+/// Logplex's limit for one frame of a `POST /logs` body.
+pub const LOGPLEX_MAX_FRAME: usize = 10_240;
+
+/// PRI for a line of `source`.
+pub fn pri(source: Source) -> u8 {
+    match source {
+        Source::App => 190,
+        Source::Heroku => 158,
+    }
+}
+
+/// `2026-11-23T09:30:00.123456+00:00` for microseconds since the epoch.
+pub fn format_timestamp(us: i64) -> String {
+    let mut s = String::with_capacity(32);
+    write_timestamp(&mut s, us);
+    s
+}
+
+fn write_timestamp(out: &mut String, us: i64) {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    let dt = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        dt.year(),
+        u8::from(dt.month()),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        micros
+    );
+}
+
+/// Now, in microseconds since the epoch.
+pub fn now_us() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+fn field(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+/// One RFC 5424 message (no framing) for `line`, with `host` in the HOST field.
+pub fn encode_message(line: &LogLine, host: &str) -> String {
+    let mut s = String::with_capacity(64 + line.line.len());
+    let _ = write!(s, "<{}>1 ", pri(line.source));
+    write_timestamp(&mut s, line.timestamp_us);
+    let _ = write!(
+        s,
+        " {} {} {} - - {}",
+        field(host),
+        line.source.as_str(),
+        field(&line.process),
+        line.line
+    );
+    s
+}
+
+/// Append `msg` octet-counted (`LEN SP MSG`, RFC 6587 §3.4.1) to `out`.
+pub fn push_octet_counted(out: &mut Vec<u8>, msg: &[u8]) {
+    let _ = write!(VecWriter(out), "{} ", msg.len());
+    out.extend_from_slice(msg);
+}
+
+struct VecWriter<'a>(&'a mut Vec<u8>);
+impl std::fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// A notice Logplex writes into an app's stream (`heroku[logplex]: Error L10 …`).
+pub fn notice(app: &str, space: &str, text: String) -> LogLine {
+    LogLine {
+        app: app.to_owned(),
+        space: space.to_owned(),
+        source: Source::Heroku,
+        process: "logplex".to_owned(),
+        timestamp_us: now_us(),
+        line: text,
+    }
+}
+
+/// Heroku's L10 text.
+pub fn l10_text(dropped: u64, since_us: i64) -> String {
+    format!(
+        "Error L10 (output buffer overflow): {dropped} messages dropped since {}.",
+        format_timestamp(since_us)
+    )
+}
+
+/// A parsed RFC 5424 message, borrowing from the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub pri: u8,
+    /// `None` for the nil timestamp `-`.
+    pub timestamp_us: Option<i64>,
+    pub host: &'a str,
+    pub app_name: &'a str,
+    pub procid: &'a str,
+    pub msgid: &'a str,
+    /// A `token="…"` parameter of any structured-data element.
+    pub token: Option<String>,
+    pub msg: &'a str,
+}
+
+impl Message<'_> {
+    /// `heroku` as APP-NAME means a platform line; anything else is the app's own.
+    pub fn source(&self) -> Source {
+        if self.app_name == "heroku" {
+            Source::Heroku
+        } else {
+            Source::App
+        }
+    }
+
+    /// The line for app `app` (key) in `space`.
+    pub fn to_line(&self, app: &str, space: &str) -> LogLine {
+        LogLine {
+            app: app.to_owned(),
+            space: space.to_owned(),
+            source: self.source(),
+            process: if self.procid == "-" {
+                String::new()
+            } else {
+                self.procid.to_owned()
+            },
+            timestamp_us: self.timestamp_us.unwrap_or_else(now_us),
+            line: self.msg.to_owned(),
+        }
+    }
+}
+
+/// Parse one RFC 5424 message. Errors say what was expected where.
+pub fn parse_message(bytes: &[u8]) -> Result<Message<'_>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 at byte {}", e.valid_up_to()))?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    let rest = text
+        .strip_prefix('<')
+        .ok_or_else(|| "not RFC 5424: expected '<PRI>' at the start".to_owned())?;
+    let close = rest
+        .find('>')
+        .filter(|&i| (1..=3).contains(&i))
+        .ok_or_else(|| "not RFC 5424: bad PRI".to_owned())?;
+    let pri: u8 = rest[..close]
+        .parse()
+        .ok()
+        .filter(|p| *p <= 191)
+        .ok_or_else(|| format!("not RFC 5424: PRI {:?} is not 0-191", &rest[..close]))?;
+    let rest = rest[close + 1..]
+        .strip_prefix("1 ")
+        .ok_or_else(|| "not RFC 5424: expected version 1 after PRI".to_owned())?;
+    let mut parts = rest.splitn(6, ' ');
+    let mut next = |what: &str| {
+        parts
+            .next()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("not RFC 5424: missing {what}"))
+    };
+    let ts = next("TIMESTAMP")?;
+    let host = next("HOSTNAME")?;
+    let app_name = next("APP-NAME")?;
+    let procid = next("PROCID")?;
+    let msgid = next("MSGID")?;
+    let sd_and_msg = parts.next().unwrap_or("-");
+    let timestamp_us = if ts == "-" {
+        None
+    } else {
+        let dt = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| format!("bad TIMESTAMP {ts:?}: {e}"))?;
+        Some((dt.unix_timestamp_nanos() / 1000) as i64)
+    };
+    let (token, msg) = parse_sd(sd_and_msg)?;
+    Ok(Message {
+        pri,
+        timestamp_us,
+        host,
+        app_name,
+        procid,
+        msgid,
+        token,
+        msg,
+    })
+}
+
+/// Split STRUCTURED-DATA from MSG; find a `token` parameter.
+fn parse_sd(s: &str) -> Result<(Option<String>, &str), String> {
+    if let Some(msg) = s.strip_prefix('-') {
+        return Ok((None, msg.strip_prefix(' ').unwrap_or(msg)));
+    }
+    if !s.starts_with('[') {
+        return Err("not RFC 5424: expected '-' or '[' for STRUCTURED-DATA".to_owned());
+    }
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut token = None;
+    while i < b.len() && b[i] == b'[' {
+        // One element: SD-ID then params name="value" until ']'.
+        i += 1;
+        let mut in_value = false;
+        let mut name_start = i;
+        let mut cur_name: &str = "";
+        let mut value = String::new();
+        loop {
+            let Some(&c) = b.get(i) else {
+                return Err("not RFC 5424: unterminated STRUCTURED-DATA".to_owned());
+            };
+            if in_value {
+                match c {
+                    b'\\' if matches!(b.get(i + 1), Some(b'"' | b'\\' | b']')) => {
+                        value.push(b[i + 1] as char);
+                        i += 2;
+                        continue;
+                    }
+                    b'"' => {
+                        in_value = false;
+                        if cur_name == "token" {
+                            token = Some(std::mem::take(&mut value));
+                        }
+                        value.clear();
+                        name_start = i + 1;
+                    }
+                    _ => {
+                        // Keep multi-byte characters whole.
+                        let ch = s[i..].chars().next().unwrap_or('?');
+                        value.push(ch);
+                        i += ch.len_utf8();
+                        continue;
+                    }
+                }
+            } else {
+                match c {
+                    b']' => {
+                        i += 1;
+                        break;
+                    }
+                    b' ' => name_start = i + 1,
+                    b'=' => {
+                        cur_name = &s[name_start..i];
+                        if b.get(i + 1) != Some(&b'"') {
+                            return Err("not RFC 5424: SD parameter value must be quoted".to_owned());
+                        }
+                        in_value = true;
+                        i += 2;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            i += 1;
+        }
+    }
+    let msg = &s[i..];
+    Ok((token, msg.strip_prefix(' ').unwrap_or(msg)))
+}
+
+/// Why a stream of frames cannot be read on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("octet count {0:?} is not a number")]
+    BadCount(String),
+    #[error("frame of {len} bytes is over the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+}
+
+/// RFC 6587 decoder for a syslog TCP stream: each frame is octet-counted when it starts with a
+/// digit, newline-terminated otherwise.
+#[derive(Debug, Clone)]
+pub struct FrameDecoder {
+    pub max: usize,
+}
+
+impl FrameDecoder {
+    /// The next whole frame in `buf`, if any.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        // Newlines and spaces between frames are tolerated.
+        let skip = buf.iter().take_while(|c| matches!(c, b'\n' | b'\r' | b' ')).count();
+        buf.advance(skip);
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        if first.is_ascii_digit() {
+            let Some(sp) = buf.iter().take(8).position(|&c| c == b' ') else {
+                if buf.len() >= 8 || buf.iter().any(|c| !c.is_ascii_digit()) {
+                    let shown = String::from_utf8_lossy(&buf[..buf.len().min(8)]).into_owned();
+                    return Err(FrameError::BadCount(shown));
+                }
+                return Ok(None);
+            };
+            let digits = &buf[..sp];
+            if !digits.iter().all(u8::is_ascii_digit) {
+                return Err(FrameError::BadCount(String::from_utf8_lossy(digits).into_owned()));
+            }
+            let len: usize = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| FrameError::BadCount(String::from_utf8_lossy(digits).into_owned()))?;
+            if len > self.max {
+                return Err(FrameError::TooLarge { len, max: self.max });
+            }
+            if buf.len() < sp + 1 + len {
+                buf.reserve(sp + 1 + len - buf.len());
+                return Ok(None);
+            }
+            buf.advance(sp + 1);
+            Ok(Some(buf.split_to(len).freeze()))
+        } else {
+            match buf.iter().position(|&c| c == b'\n') {
+                Some(nl) => {
+                    if nl > self.max {
+                        return Err(FrameError::TooLarge { len: nl, max: self.max });
+                    }
+                    let mut frame = buf.split_to(nl + 1);
+                    frame.truncate(nl);
+                    if frame.last() == Some(&b'\r') {
+                        frame.truncate(nl - 1);
+                    }
+                    Ok(Some(frame.freeze()))
+                }
+                None if buf.len() > self.max => Err(FrameError::TooLarge {
+                    len: buf.len(),
+                    max: self.max,
+                }),
+                None => Ok(None),
+            }
+        }
+    }
+}
+
+/// Split an `application/logplex-1` body into its frames (strict octet counting).
+pub fn split_logplex_body(body: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut frames = Vec::new();
+    let mut i = 0;
+    while i < body.len() {
+        if matches!(body[i], b'\n' | b'\r') {
+            i += 1;
+            continue;
+        }
+        let n = frames.len() + 1;
+        let digits = body[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 7 {
+            return Err(format!(
+                "frame {n} at byte {i}: expected an octet count (RFC 6587), found {:?}",
+                String::from_utf8_lossy(&body[i..body.len().min(i + 12)])
+            ));
+        }
+        if body.get(i + digits) != Some(&b' ') {
+            return Err(format!("frame {n} at byte {i}: expected a space after the octet count"));
+        }
+        let len: usize = std::str::from_utf8(&body[i..i + digits])
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(usize::MAX);
+        if len > LOGPLEX_MAX_FRAME {
+            return Err(format!(
+                "frame {n} is {len} bytes, over the {LOGPLEX_MAX_FRAME}-byte limit"
+            ));
+        }
+        let start = i + digits + 1;
+        if start + len > body.len() {
+            return Err(format!(
+                "frame {n} claims {len} bytes but only {} remain",
+                body.len() - start
+            ));
+        }
+        frames.push(&body[start..start + len]);
+        i = start + len;
+    }
+    Ok(frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line() -> LogLine {
+        LogLine {
+            app: "api-default".into(),
+            space: "default".into(),
+            source: Source::App,
+            process: "web.1".into(),
+            timestamp_us: 1_700_000_000_123_456,
+            line: "hello world".into(),
+        }
+    }
+
+    #[test]
+    fn encode_heroku_shape() {
+        let m = encode_message(&line(), "d.abc");
+        assert_eq!(m, "<190>1 2023-11-14T22:13:20.123456+00:00 d.abc app web.1 - - hello world");
+        let p = parse_message(m.as_bytes()).unwrap();
+        assert_eq!(p.to_line("api-default", "default"), line());
+    }
+
+    #[test]
+    fn parse_sd_token_and_errors() {
+        let p = parse_message(br#"<14>1 - h app web.2 - [wharf@1 token="t\"x" a="b"][x y="z"] the msg"#).unwrap();
+        assert_eq!(p.token.as_deref(), Some("t\"x"));
+        assert_eq!(p.msg, "the msg");
+        assert_eq!(p.timestamp_us, None);
+        assert!(parse_message(b"hello").unwrap_err().contains("PRI"));
+        assert!(parse_message(b"<13>2 x").unwrap_err().contains("version"));
+        assert!(parse_message(b"<13>1 nope h a p - - m").unwrap_err().contains("TIMESTAMP"));
+        assert!(parse_message(b"<13>1 - h a").unwrap_err().contains("missing"));
+        assert!(parse_message(b"<13>1 - h a p m [x").unwrap_err().contains("unterminated"));
+    }
+
+    #[test]
+    fn frames_both_framings() {
+        let mut d = FrameDecoder { max: 100 };
+        let mut b = BytesMut::from(&b"5 hello\nplain line\r\n3 ab"[..]);
+        assert_eq!(d.decode(&mut b).unwrap().unwrap(), &b"hello"[..]);
+        assert_eq!(d.decode(&mut b).unwrap().unwrap(), &b"plain line"[..]);
+        assert_eq!(d.decode(&mut b).unwrap(), None);
+        b.extend_from_slice(b"c");
+        assert_eq!(d.decode(&mut b).unwrap().unwrap(), &b"abc"[..]);
+        let mut b = BytesMut::from(&b"500 x"[..]);
+        assert!(matches!(d.decode(&mut b), Err(FrameError::TooLarge { .. })));
+        let mut b = BytesMut::from(&b"12x4 y"[..]);
+        assert!(matches!(d.decode(&mut b), Err(FrameError::BadCount(_))));
+    }
+
+    #[test]
+    fn logplex_body() {
+        let f = split_logplex_body(b"3 abc4 defg\n").unwrap();
+        assert_eq!(f, vec![&b"abc"[..], &b"defg"[..]]);
+        assert!(split_logplex_body(b"x abc").unwrap_err().contains("octet count"));
+        assert!(split_logplex_body(b"9 abc").unwrap_err().contains("claims 9"));
+        assert!(split_logplex_body(b"20000 a").unwrap_err().contains("10240"));
+    }
+}
