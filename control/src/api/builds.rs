@@ -1,0 +1,174 @@
+//! Builds (`/apps/{app}/builds`): a source is a directory (`file:///srv/app`, the local
+//! runtime runs its Procfile), an image reference (`docker://registry/repo:tag`), or a command
+//! (`command:python3 -m http.server`). Nothing is compiled here: a build records the artifact
+//! and, succeeded, is released at once (Heroku's auto-release).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wharf_config::Artifact;
+
+use super::apps::load;
+use super::releases::append_release;
+use super::{Body, json, paginate, ts};
+use crate::ControlPlane;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{AppRow, BuildRow, current_release, find_app, new_id, now_us};
+
+fn build_json(a: &AppRow, b: &BuildRow, release: Option<(String, i64)>) -> Value {
+    json!({
+        "id": b.id,
+        "app": {"id": a.id, "name": a.key()},
+        "status": b.status,
+        "source_blob": {"url": b.source_url, "version": null, "checksum": null},
+        "artifact": serde_json::from_str::<Value>(&b.artifact).unwrap_or(Value::Null),
+        "release": release.map(|(id, v)| json!({"id": id, "version": v})),
+        "slug": {"id": b.id},
+        "user": {"id": b.user_email, "email": b.user_email},
+        "buildpacks": null,
+        "output_stream_url": null,
+        "created_at": ts(b.created_at),
+        "updated_at": ts(b.updated_at),
+    })
+}
+
+/// The artifact a source URL names.
+pub fn artifact_of(url: &str) -> ApiResult<Artifact> {
+    let bad = || {
+        ApiError::invalid(
+            "source_blob.url",
+            "file:///absolute/dir, docker://image:tag or command:CMD",
+        )
+    };
+    if let Some(img) = url.strip_prefix("docker://") {
+        let last = img.rsplit('/').next().unwrap_or("");
+        if img.is_empty()
+            || !(last.contains(':') || img.contains('@'))
+            || img.contains(char::is_whitespace)
+        {
+            return Err(ApiError::invalid(
+                "source_blob.url",
+                "an image reference needs a tag (repo:tag) or digest",
+            ));
+        }
+        return Ok(Artifact::Image(img.to_owned()));
+    }
+    if let Some(dir) = url.strip_prefix("file://") {
+        if !dir.starts_with('/') || dir.contains('\0') {
+            return Err(bad());
+        }
+        return Ok(Artifact::Slug(dir.to_owned()));
+    }
+    if let Some(cmd) = url.strip_prefix("command:") {
+        if cmd.trim().is_empty() || cmd.contains('\0') {
+            return Err(bad());
+        }
+        return Ok(Artifact::Command(cmd.to_owned()));
+    }
+    Err(bad())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SourceBlob {
+    pub url: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub checksum: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateBuild {
+    pub source_blob: SourceBlob,
+}
+
+pub async fn create(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path(app): Path<String>,
+    Body(body): Body<CreateBuild>,
+) -> ApiResult<Response> {
+    load(&cp, &caller, &app).await?;
+    let artifact = artifact_of(&body.source_blob.url)?;
+    let artifact_text =
+        serde_json::to_string(&artifact).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut w = cp.begin().await?;
+    let a = find_app(&mut w.tx, &app).await?;
+    let now = now_us();
+    let b = BuildRow {
+        id: new_id(),
+        app_id: a.id.clone(),
+        source_url: body.source_blob.url.clone(),
+        artifact: artifact_text.clone(),
+        status: "succeeded".into(),
+        user_email: caller.email.clone(),
+        created_at: now,
+        updated_at: now,
+    };
+    sqlx::query("INSERT INTO builds (id, app_id, source_url, artifact, status, user_email, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)")
+        .bind(&b.id)
+        .bind(&b.app_id)
+        .bind(&b.source_url)
+        .bind(&b.artifact)
+        .bind(&b.status)
+        .bind(&b.user_email)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+    let config = current_release(&mut w.tx, &a.id)
+        .await?
+        .map(|r| r.config())
+        .unwrap_or_default();
+    let r = append_release(
+        &mut w.tx,
+        &a.id,
+        Some(artifact_text),
+        Some(b.id.clone()),
+        &config,
+        &format!("Deploy {}", &b.id[..8]),
+        &caller.email,
+    )
+    .await?;
+    cp.commit(w, true).await?;
+    tracing::info!(app = %a.key(), version = r.version, "built and released");
+    Ok(json(
+        StatusCode::CREATED,
+        build_json(&a, &b, Some((r.id, r.version))),
+    ))
+}
+
+pub async fn list(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let a = load(&cp, &caller, &app).await?;
+    let rows: Vec<BuildRow> = sqlx::query_as("SELECT * FROM builds WHERE app_id = $1")
+        .bind(&a.id)
+        .fetch_all(cp.store().pool())
+        .await?;
+    paginate(
+        &headers,
+        rows.iter().map(|b| build_json(&a, b, None)).collect(),
+        &["created_at", "id"],
+    )
+}
+
+pub async fn info(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path((app, build)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let a = load(&cp, &caller, &app).await?;
+    let b: BuildRow = sqlx::query_as("SELECT * FROM builds WHERE app_id = $1 AND id = $2")
+        .bind(&a.id)
+        .bind(&build)
+        .fetch_optional(cp.store().pool())
+        .await?
+        .ok_or_else(|| ApiError::not_found("build", &build))?;
+    Ok(json(StatusCode::OK, build_json(&a, &b, None)))
+}

@@ -1,0 +1,287 @@
+//! Formation (`/apps/{app}/formation`): per process type quantity, size, command, port and
+//! health check. Scaling makes no release; the runtime converges to it.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::AnyConnection;
+use wharf_config::{DYNO_SIZES, HealthCheck};
+
+use super::apps::load;
+use super::{Body, check_name, json, paginate, ts};
+use crate::ControlPlane;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{AppRow, FormationRow, find_app, new_id, now_us};
+
+/// Most dynos of one process type.
+pub const MAX_QUANTITY: i64 = 100;
+
+pub(crate) fn formation_json(a: &AppRow, f: &FormationRow) -> Value {
+    let hc: Option<HealthCheck> = f
+        .health_check
+        .as_deref()
+        .and_then(|h| serde_json::from_str(h).ok());
+    let healthcheck = match hc {
+        Some(HealthCheck::Http { path }) => Value::String(path),
+        Some(HealthCheck::Tcp) => Value::String("tcp".into()),
+        None => Value::Null,
+    };
+    json!({
+        "id": f.id,
+        "app": {"id": a.id, "name": a.key()},
+        "type": f.process_type,
+        "quantity": f.quantity,
+        "size": f.size,
+        "command": f.command,
+        "port": f.port,
+        "healthcheck": healthcheck,
+        "created_at": ts(f.created_at),
+        "updated_at": ts(f.updated_at),
+    })
+}
+
+/// One formation change. `quantity` may be a number or a string (the Heroku CLI sends "2").
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FormationUpdate {
+    #[serde(default, rename = "type")]
+    pub process_type: Option<String>,
+    #[serde(default)]
+    pub quantity: Option<Value>,
+    #[serde(default)]
+    pub size: Option<String>,
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    /// A path (`/health`) for an HTTP check, `tcp`, or `""` to remove it.
+    #[serde(default)]
+    pub healthcheck: Option<String>,
+}
+
+fn quantity(v: &Value) -> ApiResult<i64> {
+    let n = match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if (0..=MAX_QUANTITY).contains(&n) => Ok(n),
+        _ => Err(ApiError::invalid(
+            "quantity",
+            format!("must be a whole number 0–{MAX_QUANTITY}"),
+        )),
+    }
+}
+
+/// Apply one update to `app`'s process type (created when missing).
+async fn apply(
+    c: &mut AnyConnection,
+    a: &AppRow,
+    ptype: &str,
+    u: &FormationUpdate,
+) -> ApiResult<FormationRow> {
+    check_name("type", ptype)?;
+    let q = u.quantity.as_ref().map(quantity).transpose()?;
+    if let Some(size) = &u.size
+        && !DYNO_SIZES.iter().any(|(n, _)| n.eq_ignore_ascii_case(size))
+    {
+        return Err(ApiError::invalid(
+            "size",
+            format!(
+                "unknown size {size:?} (one of {})",
+                DYNO_SIZES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    if let Some(p) = u.port {
+        if !(1..=65535).contains(&p) {
+            return Err(ApiError::invalid("port", "must be 1–65535"));
+        }
+        if ptype != "web" {
+            return Err(ApiError::invalid("port", "only web dynos have a port"));
+        }
+    }
+    let hc = match u.healthcheck.as_deref() {
+        None => None,
+        Some("") => Some(None),
+        Some("tcp") => Some(Some(HealthCheck::Tcp)),
+        Some(p) if p.starts_with('/') => Some(Some(HealthCheck::Http { path: p.to_owned() })),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "healthcheck",
+                "a path starting with '/', or \"tcp\"",
+            ));
+        }
+    };
+    let existing: Option<FormationRow> =
+        sqlx::query_as("SELECT * FROM formation WHERE app_id = $1 AND type = $2")
+            .bind(&a.id)
+            .bind(ptype)
+            .fetch_optional(&mut *c)
+            .await?;
+    let now = now_us();
+    let mut f = existing.clone().unwrap_or(FormationRow {
+        id: new_id(),
+        app_id: a.id.clone(),
+        process_type: ptype.to_owned(),
+        quantity: 1,
+        size: "standard-1x".into(),
+        command: None,
+        port: None,
+        health_check: None,
+        created_at: now,
+        updated_at: now,
+    });
+    if let Some(q) = q {
+        f.quantity = q;
+    }
+    if let Some(s) = &u.size {
+        f.size = s.to_ascii_lowercase();
+    }
+    if let Some(cmd) = &u.command {
+        f.command = (!cmd.is_empty()).then(|| cmd.clone());
+    }
+    if u.port.is_some() {
+        f.port = u.port;
+    }
+    if let Some(hc) = hc {
+        f.health_check = hc
+            .map(|h| serde_json::to_string(&h))
+            .transpose()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    f.updated_at = now;
+    if existing.is_some() {
+        sqlx::query("UPDATE formation SET quantity = $1, size = $2, command = $3, port = $4, health_check = $5, updated_at = $6 WHERE id = $7")
+            .bind(f.quantity)
+            .bind(&f.size)
+            .bind(&f.command)
+            .bind(f.port)
+            .bind(&f.health_check)
+            .bind(now)
+            .bind(&f.id)
+            .execute(&mut *c)
+            .await?;
+    } else {
+        sqlx::query("INSERT INTO formation (id, app_id, type, quantity, size, command, port, health_check, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)")
+            .bind(&f.id)
+            .bind(&f.app_id)
+            .bind(&f.process_type)
+            .bind(f.quantity)
+            .bind(&f.size)
+            .bind(&f.command)
+            .bind(f.port)
+            .bind(&f.health_check)
+            .bind(now)
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(f)
+}
+
+pub async fn list(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let a = load(&cp, &caller, &app).await?;
+    let rows: Vec<FormationRow> = sqlx::query_as("SELECT * FROM formation WHERE app_id = $1")
+        .bind(&a.id)
+        .fetch_all(cp.store().pool())
+        .await?;
+    paginate(
+        &headers,
+        rows.iter().map(|f| formation_json(&a, f)).collect(),
+        &["type", "id"],
+    )
+}
+
+async fn find(cp: &ControlPlane, a: &AppRow, ptype: &str) -> ApiResult<FormationRow> {
+    sqlx::query_as("SELECT * FROM formation WHERE app_id = $1 AND (type = $2 OR id = $2)")
+        .bind(&a.id)
+        .bind(ptype)
+        .fetch_optional(cp.store().pool())
+        .await?
+        .ok_or_else(|| ApiError::not_found("process type", ptype))
+}
+
+pub async fn info(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path((app, ptype)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let a = load(&cp, &caller, &app).await?;
+    Ok(json(
+        StatusCode::OK,
+        formation_json(&a, &find(&cp, &a, &ptype).await?),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    pub updates: Vec<FormationUpdate>,
+}
+
+pub async fn batch(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path(app): Path<String>,
+    Body(body): Body<Batch>,
+) -> ApiResult<Response> {
+    load(&cp, &caller, &app).await?;
+    let mut w = cp.begin().await?;
+    let a = find_app(&mut w.tx, &app).await?;
+    let mut out = Vec::new();
+    for u in &body.updates {
+        let ptype = u
+            .process_type
+            .clone()
+            .ok_or_else(|| ApiError::invalid("updates.type", "every update names its type"))?;
+        out.push(apply(&mut w.tx, &a, &ptype, u).await?);
+    }
+    cp.commit(w, true).await?;
+    Ok(json(
+        StatusCode::OK,
+        Value::Array(out.iter().map(|f| formation_json(&a, f)).collect()),
+    ))
+}
+
+pub async fn update(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path((app, ptype)): Path<(String, String)>,
+    Body(body): Body<FormationUpdate>,
+) -> ApiResult<Response> {
+    load(&cp, &caller, &app).await?;
+    let mut w = cp.begin().await?;
+    let a = find_app(&mut w.tx, &app).await?;
+    let f = apply(&mut w.tx, &a, &ptype, &body).await?;
+    cp.commit(w, true).await?;
+    Ok(json(StatusCode::OK, formation_json(&a, &f)))
+}
+
+pub async fn delete(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path((app, ptype)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let a = load(&cp, &caller, &app).await?;
+    let f = find(&cp, &a, &ptype).await?;
+    let mut w = cp.begin().await?;
+    sqlx::query("DELETE FROM formation WHERE id = $1")
+        .bind(&f.id)
+        .execute(&mut *w.tx)
+        .await?;
+    cp.commit(w, true).await?;
+    Ok(json(StatusCode::OK, formation_json(&a, &f)))
+}

@@ -1,0 +1,344 @@
+//! Releases (`/apps/{app}/releases`): an append-only ledger `v1, v2, …`. A rollback is a new
+//! release copying an old one's artifact and config; a deploy is a new release of a build.
+//! Release statuses (`…/statuses`) are checks any system posts on a release.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::AnyConnection;
+
+use super::apps::load;
+use super::{Body, json, paginate, ts};
+use crate::ControlPlane;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{
+    AppRow, BuildRow, ReleaseRow, StatusRow, current_release, find_app, find_release, new_id,
+    now_us,
+};
+
+pub(crate) fn release_json(a: &AppRow, r: &ReleaseRow, current: bool) -> Value {
+    json!({
+        "id": r.id,
+        "version": r.version,
+        "description": r.description,
+        "status": r.status,
+        "current": current,
+        "eligible_for_rollback": true,
+        "app": {"id": a.id, "name": a.key()},
+        "user": {"id": r.user_email, "email": r.user_email},
+        "slug": r.build_id.as_ref().map(|b| json!({"id": b})),
+        "artifact": r.artifact.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
+        "addon_plan_names": [],
+        "output_stream_url": null,
+        "created_at": ts(r.created_at),
+        "updated_at": ts(r.updated_at),
+    })
+}
+
+/// Append the next release of `app_id`; returns it.
+pub(crate) async fn append_release(
+    c: &mut AnyConnection,
+    app_id: &str,
+    artifact: Option<String>,
+    build_id: Option<String>,
+    config: &BTreeMap<String, String>,
+    description: &str,
+    email: &str,
+) -> ApiResult<ReleaseRow> {
+    let version: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM releases WHERE app_id = $1")
+            .bind(app_id)
+            .fetch_one(&mut *c)
+            .await?;
+    let now = now_us();
+    let r = ReleaseRow {
+        id: new_id(),
+        app_id: app_id.to_owned(),
+        version: version + 1,
+        description: description.to_owned(),
+        artifact,
+        build_id,
+        config: serde_json::to_string(config).map_err(|e| ApiError::Internal(e.to_string()))?,
+        status: "succeeded".into(),
+        user_email: email.to_owned(),
+        created_at: now,
+        updated_at: now,
+    };
+    sqlx::query("INSERT INTO releases (id, app_id, version, description, artifact, build_id, config, status, user_email, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)")
+        .bind(&r.id)
+        .bind(&r.app_id)
+        .bind(r.version)
+        .bind(&r.description)
+        .bind(&r.artifact)
+        .bind(&r.build_id)
+        .bind(&r.config)
+        .bind(&r.status)
+        .bind(&r.user_email)
+        .bind(now)
+        .execute(&mut *c)
+        .await?;
+    Ok(r)
+}
+
+pub async fn list(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let a = load(&cp, &caller, &app).await?;
+    let rows: Vec<ReleaseRow> = sqlx::query_as("SELECT * FROM releases WHERE app_id = $1")
+        .bind(&a.id)
+        .fetch_all(cp.store().pool())
+        .await?;
+    let newest = rows.iter().map(|r| r.version).max().unwrap_or(0);
+    let items = rows
+        .iter()
+        .map(|r| release_json(&a, r, r.version == newest))
+        .collect();
+    paginate(&headers, items, &["version", "id", "created_at"])
+}
+
+pub async fn info(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path((app, release)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let a = load(&cp, &caller, &app).await?;
+    let mut c = cp.store().pool().acquire().await?;
+    let r = find_release(&mut c, &a.id, &release).await?;
+    let cur = current_release(&mut c, &a.id).await?;
+    let is_current = cur.is_some_and(|x| x.id == r.id);
+    Ok(json(StatusCode::OK, release_json(&a, &r, is_current)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateRelease {
+    /// Roll back to this release (id, `vN` or N).
+    #[serde(default)]
+    pub release: Option<String>,
+    /// Deploy this build (id, or `latest`).
+    #[serde(default)]
+    pub slug: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+pub async fn create(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path(app): Path<String>,
+    Body(body): Body<CreateRelease>,
+) -> ApiResult<Response> {
+    load(&cp, &caller, &app).await?;
+    let mut w = cp.begin().await?;
+    let a = find_app(&mut w.tx, &app).await?;
+    let r = match (body.release, body.slug) {
+        (Some(target), None) => {
+            let old = find_release(&mut w.tx, &a.id, &target).await?;
+            if old.artifact.is_none()
+                && current_release(&mut w.tx, &a.id)
+                    .await?
+                    .and_then(|c| c.artifact)
+                    .is_some()
+            {
+                return Err(ApiError::Conflict(format!(
+                    "v{} has no build to roll back to.",
+                    old.version
+                )));
+            }
+            let desc = body
+                .description
+                .unwrap_or_else(|| format!("Rollback to v{}", old.version));
+            append_release(
+                &mut w.tx,
+                &a.id,
+                old.artifact.clone(),
+                old.build_id.clone(),
+                &old.config(),
+                &desc,
+                &caller.email,
+            )
+            .await?
+        }
+        (None, Some(slug)) => {
+            let q = if slug == "latest" {
+                "SELECT * FROM builds WHERE app_id = $1 AND status = 'succeeded' AND $2 = $2 ORDER BY created_at DESC LIMIT 1"
+            } else {
+                "SELECT * FROM builds WHERE app_id = $1 AND id = $2"
+            };
+            let b: BuildRow = sqlx::query_as(q)
+                .bind(&a.id)
+                .bind(&slug)
+                .fetch_optional(&mut *w.tx)
+                .await?
+                .ok_or_else(|| ApiError::not_found("build", &slug))?;
+            if b.status != "succeeded" {
+                return Err(ApiError::Conflict(format!(
+                    "The build {} did not succeed.",
+                    b.id
+                )));
+            }
+            let config = current_release(&mut w.tx, &a.id)
+                .await?
+                .map(|r| r.config())
+                .unwrap_or_default();
+            let desc = body
+                .description
+                .unwrap_or_else(|| format!("Deploy {}", &b.id[..8]));
+            append_release(
+                &mut w.tx,
+                &a.id,
+                Some(b.artifact.clone()),
+                Some(b.id.clone()),
+                &config,
+                &desc,
+                &caller.email,
+            )
+            .await?
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "release",
+                "give exactly one of `release` (roll back) or `slug` (deploy a build)",
+            ));
+        }
+    };
+    cp.commit(w, true).await?;
+    tracing::info!(app = %a.key(), version = r.version, "released");
+    Ok(json(StatusCode::CREATED, release_json(&a, &r, true)))
+}
+
+fn status_json(s: &StatusRow) -> Value {
+    json!({
+        "id": s.id,
+        "release": {"id": s.release_id},
+        "context": s.context,
+        "state": s.state,
+        "description": s.description,
+        "target_url": s.target_url,
+        "created_at": ts(s.created_at),
+        "updated_at": ts(s.updated_at),
+    })
+}
+
+pub async fn list_statuses(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path((app, release)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let a = load(&cp, &caller, &app).await?;
+    let mut c = cp.store().pool().acquire().await?;
+    let r = find_release(&mut c, &a.id, &release).await?;
+    let rows: Vec<StatusRow> =
+        sqlx::query_as("SELECT * FROM release_statuses WHERE release_id = $1")
+            .bind(&r.id)
+            .fetch_all(&mut *c)
+            .await?;
+    paginate(
+        &headers,
+        rows.iter().map(status_json).collect(),
+        &["context", "id", "created_at"],
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStatus {
+    pub context: String,
+    pub state: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub target_url: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub image_url: Option<String>,
+}
+
+/// Post (or update, by context) a status check on a release.
+pub async fn create_status(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path((app, release)): Path<(String, String)>,
+    Body(body): Body<CreateStatus>,
+) -> ApiResult<Response> {
+    let a = load(&cp, &caller, &app).await?;
+    if !["pending", "success", "failure", "error"].contains(&body.state.as_str()) {
+        return Err(ApiError::invalid(
+            "state",
+            "one of pending, success, failure, error",
+        ));
+    }
+    let ctx_ok = (1..=64).contains(&body.context.len())
+        && body
+            .context
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"./+-_".contains(&b));
+    if !ctx_ok {
+        return Err(ApiError::invalid("context", "1–64 of [A-Za-z0-9./+_-]"));
+    }
+    if let Some(u) = &body.target_url
+        && !(u.starts_with("https://") || u.starts_with("http://"))
+    {
+        return Err(ApiError::invalid("target_url", "must be an http(s) URL"));
+    }
+    let mut c = cp.store().pool().begin().await?;
+    let r = find_release(&mut c, &a.id, &release).await?;
+    let now = now_us();
+    let existing: Option<StatusRow> =
+        sqlx::query_as("SELECT * FROM release_statuses WHERE release_id = $1 AND context = $2")
+            .bind(&r.id)
+            .bind(&body.context)
+            .fetch_optional(&mut *c)
+            .await?;
+    let (status, code) = match existing {
+        Some(mut s) => {
+            s.state = body.state;
+            s.description = body.description.unwrap_or(s.description);
+            s.target_url = body.target_url.or(s.target_url);
+            s.updated_at = now;
+            sqlx::query("UPDATE release_statuses SET state = $1, description = $2, target_url = $3, updated_at = $4 WHERE id = $5")
+                .bind(&s.state)
+                .bind(&s.description)
+                .bind(&s.target_url)
+                .bind(now)
+                .bind(&s.id)
+                .execute(&mut *c)
+                .await?;
+            (s, StatusCode::OK)
+        }
+        None => {
+            let s = StatusRow {
+                id: new_id(),
+                release_id: r.id.clone(),
+                context: body.context,
+                state: body.state,
+                description: body.description.unwrap_or_default(),
+                target_url: body.target_url,
+                created_at: now,
+                updated_at: now,
+            };
+            sqlx::query("INSERT INTO release_statuses (id, release_id, context, state, description, target_url, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)")
+                .bind(&s.id)
+                .bind(&s.release_id)
+                .bind(&s.context)
+                .bind(&s.state)
+                .bind(&s.description)
+                .bind(&s.target_url)
+                .bind(now)
+                .execute(&mut *c)
+                .await?;
+            (s, StatusCode::CREATED)
+        }
+    };
+    c.commit().await?;
+    Ok(json(code, status_json(&status)))
+}
