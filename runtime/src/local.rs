@@ -298,6 +298,8 @@ struct AppRt {
     service: Option<u16>,
     schedules: BTreeMap<String, (String, CancellationToken)>,
     run_counter: u32,
+    /// A restart of the web process was asked: replace every web dyno, rolling.
+    roll_restart: bool,
 }
 
 #[derive(Default)]
@@ -1011,11 +1013,16 @@ async fn reconciler(sh: Arc<Shared>, key: String, kick: Arc<Notify>, token: Canc
 }
 
 async fn reconcile_app(sh: &Arc<Shared>, key: &str, token: &CancellationToken) {
-    let Some((specs, good, failed)) = ({
-        let st = sh.state.lock();
-        st.apps
-            .get(key)
-            .map(|a| (a.specs.clone(), a.good.clone(), a.failed.clone()))
+    let Some((specs, good, failed, roll_restart)) = ({
+        let mut st = sh.state.lock();
+        st.apps.get_mut(key).map(|a| {
+            (
+                a.specs.clone(),
+                a.good.clone(),
+                a.failed.clone(),
+                std::mem::take(&mut a.roll_restart),
+            )
+        })
     }) else {
         return;
     };
@@ -1042,8 +1049,14 @@ async fn reconcile_app(sh: &Arc<Shared>, key: &str, token: &CancellationToken) {
         } else {
             spec.clone()
         };
-        let (same, other): (Vec<_>, Vec<_>) = live.into_iter().partition(|(_, _, s)| *s == target);
+        let (mut same, mut other): (Vec<_>, Vec<_>) =
+            live.into_iter().partition(|(_, _, s)| *s == target);
         let proven = good.get(&f.process_type).is_some_and(|g| *g == target);
+        let forced = spec.is_web() && roll_restart;
+        if forced {
+            // A restart: every web dyno is replaced as in a deploy of the same spec.
+            other.append(&mut same);
+        }
         if spec.is_web() && (!other.is_empty() || !proven) {
             match roll_web(sh, &target, f.quantity, &same, &other).await {
                 Ok(()) => {
@@ -1051,13 +1064,15 @@ async fn reconcile_app(sh: &Arc<Shared>, key: &str, token: &CancellationToken) {
                     if let Some(a) = sh.state.lock().apps.get_mut(key) {
                         a.good.insert(f.process_type.clone(), target.clone());
                     }
-                    deployed = Some(target.release);
+                    if !forced {
+                        deployed = Some(target.release);
+                    }
                 }
                 Err(reason) => {
                     sh.metrics.deploys.with_label_values(&["rolled_back"]).inc();
                     let back = other.first().map(|(_, _, s)| s.release);
                     warn!(app = %key, release = target.release, %reason, "release failed, rolled back");
-                    if let Some(a) = sh.state.lock().apps.get_mut(key) {
+                    if !forced && let Some(a) = sh.state.lock().apps.get_mut(key) {
                         a.failed.push(target.clone());
                     }
                     release_failed = Some((target.release, back, reason));
@@ -1345,6 +1360,7 @@ impl Runtime for LocalRuntime {
                             service: None,
                             schedules: BTreeMap::new(),
                             run_counter: 0,
+                            roll_restart: false,
                         },
                     );
                     let s2 = sh.clone();
@@ -1497,16 +1513,24 @@ impl Runtime for LocalRuntime {
         })
     }
 
+    /// One dyno (`web.1`) restarts in place, as on Heroku. The web process as a whole (`web`,
+    /// or every process with `None`) is replaced rolling, so it never has fewer up dynos.
     async fn restart(&self, app: &str, which: Option<&str>) -> Result<(), RuntimeError> {
-        let st = self.sh.state.lock();
-        if !st.apps.contains_key(app) {
+        let mut st = self.sh.state.lock();
+        let Some(a) = st.apps.get_mut(app) else {
             return Err(RuntimeError::UnknownApp(app.to_owned()));
+        };
+        let roll_web = matches!(which, None | Some("web"));
+        if roll_web {
+            a.roll_restart = true;
+            a.kick.notify_one();
         }
         for d in st.dynos.values() {
             if d.spec.app != app || d.stopping || d.oneshot {
                 continue;
             }
             let hit = match which {
+                _ if roll_web && d.spec.is_web() => false,
                 None => true,
                 Some(w) if w.contains('.') => d.name == w,
                 Some(w) => d.spec.process_type == w,

@@ -700,6 +700,12 @@ async fn restart_one_dyno_or_a_type() {
     assert_eq!(starts("worker.1"), 1);
     assert_eq!(starts("web.1"), 1);
     rt.restart("again-default", Some("worker")).await.unwrap();
+    let web_before: Vec<String> = rt
+        .dynos()
+        .into_iter()
+        .filter(|d| d.process_type == "web")
+        .map(|d| d.id)
+        .collect();
     rt.restart("again-default", None).await.unwrap();
     for _ in 0..300 {
         if starts("web.1") >= 2 && starts("worker.1") >= 2 && starts("worker.2") >= 3 {
@@ -708,6 +714,12 @@ async fn restart_one_dyno_or_a_type() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(starts("web.1") >= 2 && starts("worker.1") >= 2 && starts("worker.2") >= 3);
+    // The web process was replaced rolling: a new dyno, the old one drained and gone.
+    wait_for(&rt, "web replaced", |d| {
+        let web: Vec<&DynoStatus> = d.iter().filter(|x| x.process_type == "web").collect();
+        web.len() == 1 && web[0].state == DynoState::Up && !web_before.contains(&web[0].id)
+    })
+    .await;
     assert!(sink.has(
         "worker.2",
         Source::Heroku,
