@@ -32,9 +32,24 @@ pub(crate) async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> std
     Ok(tcp)
 }
 
-async fn connect(ctx: &DrainCtx) -> std::io::Result<Pin<Box<dyn Conn>>> {
+/// A connection and a duplicate of its socket to peek at (is the peer still there?).
+struct Link {
+    io: Pin<Box<dyn Conn>>,
+    peek: std::net::TcpStream,
+}
+
+async fn connect(ctx: &DrainCtx) -> std::io::Result<Link> {
     let url = &ctx.target.url;
     let tcp = connect_tcp(&url.host, url.port, ctx.opts.connect_timeout).await?;
+    let std = tcp.into_std()?;
+    let peek = std.try_clone()?;
+    let tcp = TcpStream::from_std(std)?;
+    let io = connect_io(ctx, tcp).await?;
+    Ok(Link { io, peek })
+}
+
+async fn connect_io(ctx: &DrainCtx, tcp: TcpStream) -> std::io::Result<Pin<Box<dyn Conn>>> {
+    let url = &ctx.target.url;
     if url.kind == DrainKind::SyslogTls {
         let name = rustls_pki_types::ServerName::try_from(url.host.clone())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -48,13 +63,19 @@ async fn connect(ctx: &DrainCtx) -> std::io::Result<Pin<Box<dyn Conn>>> {
     }
 }
 
-/// True when the peer has closed or reset the connection (it never sends us anything).
-fn peer_gone(conn: &mut Pin<Box<dyn Conn>>) -> bool {
-    let mut b = [0u8; 64];
-    match conn.read(&mut b).now_or_never() {
-        None => false,
-        Some(Ok(0)) | Some(Err(_)) => true,
-        Some(Ok(_)) => false,
+/// True when the peer has closed or reset the connection. Syslog receivers never send, so a
+/// readable socket means end of stream (or TLS records, which the TLS reader takes).
+fn peer_gone(link: &mut Link) -> bool {
+    let mut b = [0u8; 1];
+    match link.peek.peek(&mut b) {
+        Ok(0) => true,
+        Ok(_) => {
+            // Data (TLS alerts, session tickets): let the TLS layer consume it.
+            let mut buf = [0u8; 512];
+            matches!(link.io.read(&mut buf).now_or_never(), Some(Ok(0)) | Some(Err(_)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
     }
 }
 
@@ -73,7 +94,7 @@ fn encode(ctx: &DrainCtx, batch: &Batch, out: &mut Vec<u8>) {
 pub(crate) async fn run_stream(ctx: DrainCtx) {
     let id = ctx.target.id.clone();
     let mut backoff = ctx.backoff();
-    let mut conn: Option<Pin<Box<dyn Conn>>> = None;
+    let mut conn: Option<Link> = None;
     let mut out = Vec::with_capacity(64 * 1024);
     let mut pending: Option<Batch> = None;
     loop {
@@ -112,8 +133,8 @@ pub(crate) async fn run_stream(ctx: DrainCtx) {
         }
         let Some(c) = conn.as_mut() else { continue };
         let write = async {
-            c.write_all(&out).await?;
-            c.flush().await
+            c.io.write_all(&out).await?;
+            c.io.flush().await
         };
         match tokio::time::timeout(ctx.opts.write_timeout, write).await {
             Ok(Ok(())) => {

@@ -11,6 +11,14 @@ use std::time::{Duration, Instant};
 use wharf_config::shuttle_plan::{AppLogs, DrainTarget};
 use wharf_config::{DrainUrl, LogLine, LogSettings, ShuttlePlan, Source};
 
+/// Logs of the code under test, shown for failing tests.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_test_writer()
+        .try_init();
+}
+
 /// Poll `f` every 100 ms for up to `secs` seconds.
 pub async fn wait_for<F: FnMut() -> bool>(secs: u64, what: &str, mut f: F) {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -86,6 +94,7 @@ pub fn app<'a>(name: &'a str, token: Option<&'a str>, drains: Vec<String>) -> Ap
 
 /// Options with quick back-off for tests.
 pub fn options() -> wharf_logshuttle::Options {
+    init_logs();
     wharf_logshuttle::Options {
         backoff_base: Duration::from_millis(200),
         backoff_cap: Duration::from_secs(2),
@@ -225,7 +234,7 @@ impl Rsyslog {
             .spawn()
             .expect("rsyslogd on PATH (apt-get install rsyslog rsyslog-gnutls)");
         self.child = Some(child);
-        if self.proto != Proto::Udp {
+        if self.proto != Proto::Udp && self.port == 0 {
             let end = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(p) = std::fs::read_to_string(&port_file)
@@ -251,7 +260,7 @@ impl Rsyslog {
             Proto::Udp => {
                 let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
                 let probe = "<14>1 - probe probe - - - udp-probe";
-                while !self.lines().iter().any(|l| l == probe) {
+                while !std::fs::read_to_string(&self.out).unwrap_or_default().contains("udp-probe") {
                     let _ = s.send_to(probe.as_bytes(), ("127.0.0.1", self.port));
                     assert!(Instant::now() < end, "rsyslogd UDP not ready");
                     std::thread::sleep(Duration::from_millis(100));
