@@ -693,6 +693,7 @@ where
     sh.tasks.spawn(async move {
         let mut reader = BufReader::new(reader);
         let mut buf = Vec::new();
+        let mut stalled = false;
         loop {
             buf.clear();
             match reader.read_until(b'\n', &mut buf).await {
@@ -701,8 +702,17 @@ where
                     let line = String::from_utf8_lossy(&buf)
                         .trim_end_matches(['\n', '\r'])
                         .to_owned();
+                    // The caller gets every line while it keeps reading; one that stops
+                    // reading for a second only gets what fits, so the dyno never blocks.
                     if let Some(o) = &out {
-                        let _ = o.send(line.clone()).await;
+                        if stalled {
+                            let _ = o.try_send(line.clone());
+                        } else if tokio::time::timeout(Duration::from_secs(1), o.send(line.clone()))
+                            .await
+                            .is_err()
+                        {
+                            stalled = true;
+                        }
                     }
                     sink.send(LogLine {
                         app: spec.app.clone(),

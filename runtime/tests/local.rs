@@ -11,7 +11,9 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wharf_config::{Artifact, DynoState, Formation, HealthCheck, LineSink, LogLine, Source};
 use wharf_runtime::local::{LocalConfig, LocalRuntime, backoff};
-use wharf_runtime::{DesiredApp, DesiredState, DynoStatus, RunRequest, Runtime, RuntimeEvent};
+use wharf_runtime::{
+    DesiredApp, DesiredState, DynoStatus, RunHandle, RunRequest, Runtime, RuntimeEvent,
+};
 
 #[derive(Default)]
 struct Collect(Mutex<Vec<LogLine>>);
@@ -784,5 +786,37 @@ async fn removing_an_app_stops_everything_it_ran() {
         left = alive_in_groups(&removed);
     }
     assert!(left.is_empty(), "{left:?}");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_reading_never_blocks_a_one_off() {
+    let sink = Arc::new(Collect::default());
+    let rt = LocalRuntime::new(config(21900..22000), sink.clone());
+    rt.converge(DesiredState {
+        apps: vec![app("chatty", 1, Artifact::Command("true".into()), vec![])],
+    })
+    .await
+    .unwrap();
+    let handle = rt
+        .run(
+            "chatty-default",
+            RunRequest {
+                command: "seq 1 5000; exit 4".into(),
+                ..RunRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    // Keep the output receiver alive but never read it.
+    let RunHandle { output, exit, .. } = handle;
+    let code = tokio::time::timeout(Duration::from_secs(60), exit)
+        .await
+        .expect("the one-off finished although nobody read its output")
+        .unwrap();
+    assert_eq!(code, Some(4));
+    drop(output);
+    // The log shuttle got every line regardless.
+    assert!(sink.has("run.1", Source::App, "5000"));
     rt.shutdown().await;
 }
