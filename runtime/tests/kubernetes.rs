@@ -868,3 +868,17 @@ async fn the_background_loop_reapplies_to_repair_drift() {
     assert!(again.iter().all(|d| *d == first));
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn only_images_run_on_kubernetes() {
+    let (client, api) = start_mock();
+    let rt = runtime(client);
+    let mut a = api_app(1, 1, vec![]);
+    a.artifact = Artifact::Slug("/srv/app".into());
+    let err = rt
+        .converge(DesiredState { apps: vec![a] })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("images"), "{err}");
+    assert!(api.calls().is_empty(), "{:#?}", api.paths());
+}

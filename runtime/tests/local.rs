@@ -820,3 +820,63 @@ async fn a_caller_that_stops_reading_never_blocks_a_one_off() {
     assert!(sink.has("run.1", Source::App, "5000"));
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn invalid_apps_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let art = slug(dir.path());
+    let rt = LocalRuntime::new(config(22100..22200), Arc::new(Collect::default()));
+    let bad = [
+        // Images are for the Kubernetes runtime.
+        app(
+            "img",
+            1,
+            Artifact::Image("api:v1".into()),
+            vec![formation("img-default", "web", 1)],
+        ),
+        // No Procfile entry and no command for "clock".
+        app(
+            "slug",
+            1,
+            art.clone(),
+            vec![formation("slug-default", "clock", 1)],
+        ),
+        // A command artifact is the web process only.
+        app(
+            "cmd",
+            1,
+            Artifact::Command("true".into()),
+            vec![formation("cmd-default", "worker", 1)],
+        ),
+    ];
+    for a in bad {
+        let good = app(
+            "fine",
+            1,
+            art.clone(),
+            vec![formation("fine-default", "worker", 1)],
+        );
+        let err = rt
+            .converge(DesiredState {
+                apps: vec![good, a.clone()],
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, wharf_runtime::RuntimeError::Invalid { app, .. } if *app == a.key),
+            "{err}"
+        );
+        assert!(rt.dynos().is_empty(), "nothing started: {:?}", rt.dynos());
+    }
+    let mut f = formation("cron-default", "job", 1);
+    f.command = Some("true".into());
+    f.schedule = Some("61 * * * *".into());
+    assert!(
+        rt.converge(DesiredState {
+            apps: vec![app("cron", 1, art, vec![f])],
+        })
+        .await
+        .is_err()
+    );
+    rt.shutdown().await;
+}
