@@ -69,6 +69,9 @@ pub struct KubeConfig {
     pub job_ttl_secs: i32,
     /// How often a one-off run polls its pod.
     pub poll_interval: Duration,
+    /// Follow the log of every running dyno pod into the log shuttle's sink (through the API
+    /// server). Turn off where a node-level collector ships container logs instead.
+    pub follow_logs: bool,
 }
 
 impl Default for KubeConfig {
@@ -81,6 +84,7 @@ impl Default for KubeConfig {
             reconcile_interval: Duration::from_secs(30),
             job_ttl_secs: 3600,
             poll_interval: Duration::from_secs(1),
+            follow_logs: true,
         }
     }
 }
@@ -370,6 +374,15 @@ pub fn dynos_from_slices(
     out
 }
 
+/// A dyno's name from its pod: `web.7d9f-x1` for pod `api-7d9f-x1` of Deployment `api`.
+pub fn dyno_name(app_name: &str, process_type: &str, pod: &str) -> String {
+    let suffix = pod
+        .strip_prefix(&format!("{}-", workload_name(app_name, process_type)))
+        .or_else(|| pod.strip_prefix(&format!("{app_name}--")))
+        .unwrap_or(pod);
+    format!("{process_type}.{suffix}")
+}
+
 /// The state of a dyno from its pod: crash loops and image errors are `crashed`.
 pub fn pod_state(p: &Pod) -> DynoState {
     if p.metadata.deletion_timestamp.is_some() {
@@ -459,15 +472,10 @@ pub fn dynos_from_cluster(
         let ns = p.namespace().unwrap_or_default();
         let key = format!("{app}-{ns}");
         let pod = p.name_any();
-        let suffix = pod
-            .strip_prefix(&format!("{}-", workload_name(&app, &t)))
-            .or_else(|| pod.strip_prefix(&format!("{app}--")))
-            .unwrap_or(&pod)
-            .to_owned();
         out.push(DynoStatus {
             id,
             app: key.clone(),
-            name: format!("{t}.{suffix}"),
+            name: dyno_name(&app, &t, &pod),
             process_type: t,
             release: label(p, LABEL_RELEASE)
                 .and_then(|r| r.parse().ok())
@@ -548,6 +556,8 @@ struct KInner {
     token: CancellationToken,
     tasks: TaskTracker,
     runs: AtomicU64,
+    /// Container instances whose log is followed: (namespace, pod, restart count).
+    following: Mutex<BTreeSet<(String, String, u32)>>,
 }
 
 /// The Kubernetes runtime. [`KubeRuntime::start`] runs the EndpointSlice watch and the
@@ -584,6 +594,7 @@ impl KubeRuntime {
                 token: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 runs: AtomicU64::new(runs),
+                following: Mutex::new(BTreeSet::new()),
             }),
         }
     }
@@ -593,13 +604,14 @@ impl KubeRuntime {
     pub fn start(&self) {
         let me = self.clone();
         self.inner.tasks.spawn(async move {
-            me.watch_store::<EndpointSlice>("endpointslices", |st| &mut st.slices)
+            me.watch_store::<EndpointSlice>("endpointslices", |st| &mut st.slices, |_| {})
                 .await
         });
         let me = self.clone();
-        self.inner
-            .tasks
-            .spawn(async move { me.watch_store::<Pod>("pods", |st| &mut st.pods).await });
+        self.inner.tasks.spawn(async move {
+            me.watch_store::<Pod>("pods", |st| &mut st.pods, KubeRuntime::sync_log_followers)
+                .await
+        });
         let me = self.clone();
         self.inner.tasks.spawn(async move {
             loop {
@@ -851,8 +863,12 @@ impl KubeRuntime {
     }
 
     /// List-and-watch one kind of object Wharf manages into the state; dynos follow.
-    async fn watch_store<K>(&self, what: &'static str, slot: fn(&mut KState) -> &mut ObjMap<K>)
-    where
+    async fn watch_store<K>(
+        &self,
+        what: &'static str,
+        slot: fn(&mut KState) -> &mut ObjMap<K>,
+        after: fn(&KubeRuntime),
+    ) where
         K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
         <K as Resource>::DynamicType: Default,
     {
@@ -894,6 +910,7 @@ impl KubeRuntime {
                     if changed {
                         Self::recompute(&mut st);
                         drop(st);
+                        after(self);
                         self.bump();
                     }
                 }
@@ -906,6 +923,100 @@ impl KubeRuntime {
                     }
                 }
             }
+        }
+    }
+
+    /// Start following the log of every running dyno container not yet followed (one-offs
+    /// are followed by their caller); forget pods that are gone.
+    fn sync_log_followers(&self) {
+        if !self.inner.cfg.follow_logs {
+            return;
+        }
+        let pods: Vec<Pod> = self.inner.state.lock().pods.values().cloned().collect();
+        let mut start = Vec::new();
+        {
+            let mut following = self.inner.following.lock();
+            let alive: BTreeSet<(String, String)> = pods
+                .iter()
+                .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+                .collect();
+            following.retain(|(ns, pod, _)| alive.contains(&(ns.clone(), pod.clone())));
+            for p in pods {
+                let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                let t = p.labels().get(LABEL_TYPE).cloned();
+                if !running || t.is_none() || t.as_deref() == Some("run") {
+                    continue;
+                }
+                let restarts: u32 = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .map(|c| c.iter().map(|c| c.restart_count.max(0) as u32).sum())
+                    .unwrap_or(0);
+                if following.insert((p.namespace().unwrap_or_default(), p.name_any(), restarts)) {
+                    start.push(p);
+                }
+            }
+        }
+        for p in start {
+            let me = self.clone();
+            self.inner
+                .tasks
+                .spawn(async move { me.follow_pod(p).await });
+        }
+    }
+
+    /// Copy one dyno container's log into the sink until it ends.
+    async fn follow_pod(&self, p: Pod) {
+        let ns = p.namespace().unwrap_or_default();
+        let pod = p.name_any();
+        let labels = p.labels();
+        let (Some(app), Some(t)) = (labels.get(LABEL_APP), labels.get(LABEL_TYPE)) else {
+            return;
+        };
+        let key = format!("{app}-{ns}");
+        let dyno = dyno_name(app, t, &pod);
+        // A container seen long after it started (the control plane restarted) is followed
+        // from a few seconds back, not replayed whole.
+        let started = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.running.as_ref())
+            .and_then(|r| r.started_at.as_ref())
+            .map(|t| t.0.as_second());
+        let now = now_us() / 1_000_000;
+        let lp = LogParams {
+            follow: true,
+            since_seconds: started.filter(|s| now - s > 60).map(|_| 10),
+            ..LogParams::default()
+        };
+        let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &ns);
+        let reader = tokio::select! {
+            r = api.log_stream(&pod, &lp) => r,
+            _ = self.inner.token.cancelled() => return,
+        };
+        let Ok(reader) = reader else {
+            debug!(%ns, %pod, "cannot follow the pod's log");
+            return;
+        };
+        let mut lines = reader.lines();
+        loop {
+            let next = tokio::select! {
+                l = lines.next() => l,
+                _ = self.inner.token.cancelled() => return,
+            };
+            let Some(Ok(line)) = next else { return };
+            self.inner.sink.send(LogLine {
+                app: key.clone(),
+                space: ns.clone(),
+                source: Source::App,
+                process: dyno.clone(),
+                timestamp_us: now_us(),
+                line,
+            });
         }
     }
 

@@ -882,3 +882,69 @@ async fn only_images_run_on_kubernetes() {
     assert!(err.to_string().contains("images"), "{err}");
     assert!(api.calls().is_empty(), "{:#?}", api.paths());
 }
+
+#[tokio::test]
+async fn running_dyno_logs_reach_the_log_shuttle() {
+    let (client, api) = start_mock();
+    let sink = Arc::new(Collect::default());
+    let rt = KubeRuntime::new(client, KubeConfig::default(), sink.clone());
+    rt.converge(DesiredState {
+        apps: vec![api_app(4, 1, vec![formation("worker", 1)])],
+    })
+    .await
+    .unwrap();
+    api.lists.lock().insert(
+        "/api/v1/pods".into(),
+        vec![
+            pod(
+                "api--worker-5c6d-aa",
+                "worker",
+                4,
+                json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}),
+            ),
+            pod("api--run-17-xyz", "run", 4, json!({"phase": "Running"})),
+        ],
+    );
+    api.respond(|c| {
+        (c.method == "GET" && c.path == "/api/v1/namespaces/prod/pods/api--worker-5c6d-aa/log")
+            .then(|| (200, "tick 1\ntick 2\n".to_owned()))
+    });
+    rt.start();
+    for _ in 0..200 {
+        if sink.0.lock().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines: Vec<(String, String, String)> = sink
+        .0
+        .lock()
+        .iter()
+        .map(|l| (l.app.clone(), l.process.clone(), l.line.clone()))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("api-prod".into(), "worker.5c6d-aa".into(), "tick 1".into()),
+            ("api-prod".into(), "worker.5c6d-aa".into(), "tick 2".into()),
+        ]
+    );
+    assert!(
+        sink.0
+            .lock()
+            .iter()
+            .all(|l| l.source == wharf_config::Source::App)
+    );
+    let log_calls: Vec<Call> = api
+        .calls()
+        .into_iter()
+        .filter(|c| c.path.ends_with("/log"))
+        .collect();
+    assert_eq!(
+        log_calls.len(),
+        1,
+        "one-off pods are followed by their caller: {log_calls:?}"
+    );
+    assert!(log_calls[0].query.contains("follow=true"));
+    rt.shutdown().await;
+}
