@@ -340,7 +340,8 @@ impl Tansu {
             .current_dir(dir.path())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .arg("--storage-engine")
-            .arg(format!("sqlite://{}/tansu.db", dir.path().display()))
+            // The path is relative to the working directory, the data dir.
+            .arg("sqlite://tansu.db")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
