@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config_cmd;
+mod logshuttle_cmd;
 mod router_cmd;
 mod stdout_sink;
 
@@ -27,12 +28,15 @@ pub enum Command {
     Config(config_cmd::ConfigCommand),
     /// Run the HTTPS edge router from a snapshot file (reloads on change and SIGHUP).
     Router(router_cmd::RouterArgs),
+    /// Run the log shuttle from a snapshot file (reloads on change and SIGHUP).
+    Logshuttle(logshuttle_cmd::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Config(c) => config_cmd::run(c),
         Command::Router(a) => router_cmd::run(a),
+        Command::Logshuttle(a) => logshuttle_cmd::run(a),
     }
 }
 

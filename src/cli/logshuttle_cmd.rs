@@ -1,0 +1,159 @@
+//! `wharf logshuttle`: the log shuttle on its own, from a snapshot file (reloads on change and
+//! SIGHUP), with Logplex HTTP and syslog ingest, the in-process or Kafka bus, and metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use wharf_logshuttle::{BusChoice, KafkaOptions, Options, Shuttle};
+
+use super::config_cmd::load_file;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Snapshot file (TOML or JSON) holding apps, drains and log settings.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Logplex `POST /logs` listener (Basic auth with an app's log token).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Syslog over TCP listener (octet-counted or newline framing).
+    #[arg(long, value_name = "ADDR")]
+    pub syslog_tcp: Option<SocketAddr>,
+    /// Syslog over UDP listener.
+    #[arg(long, value_name = "ADDR")]
+    pub syslog_udp: Option<SocketAddr>,
+    /// Bind the syslog listeners to this app's log token (else each message carries
+    /// `token="…"` in its structured data).
+    #[arg(long, value_name = "TOKEN")]
+    pub syslog_token: Option<String>,
+    /// Kafka brokers (`host:port,…`); without it the bus is in-process.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    #[arg(long, default_value = "wharf-logs")]
+    pub kafka_topic: String,
+    /// Consumer group: one per shuttle deployment.
+    #[arg(long, default_value = "wharf-logshuttle")]
+    pub kafka_group: String,
+    #[arg(long, default_value_t = 8)]
+    pub kafka_partitions: i32,
+    /// Prometheus metrics listener (`GET /metrics`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// CA bundle (PEM) for syslog+tls:// and https:// drains instead of the web PKI roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn mtime(p: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+fn load_plan(file: &PathBuf) -> anyhow::Result<wharf_config::ShuttlePlan> {
+    match load_file(file)? {
+        Ok(valid) => Ok(wharf_config::compile(&valid).shuttle),
+        Err(problems) => anyhow::bail!("{} is not valid:\n{problems}", file.display()),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let plan = load_plan(&args.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(args, plan))
+}
+
+async fn serve(args: Args, plan: wharf_config::ShuttlePlan) -> anyhow::Result<ExitCode> {
+    let bus = match &args.kafka {
+        Some(brokers) => BusChoice::Kafka(KafkaOptions {
+            brokers: brokers.clone(),
+            topic: args.kafka_topic.clone(),
+            group: args.kafka_group.clone(),
+            partitions: args.kafka_partitions,
+        }),
+        None => BusChoice::InProcess,
+    };
+    let opts = Options {
+        bus,
+        ca_file: args.ca_file.clone(),
+        ..Options::default()
+    };
+    let shuttle = Shuttle::start(opts, plan).await.context("cannot start the log shuttle")?;
+    let mut servers = Vec::new();
+    if let Some(addr) = args.http {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(addr = %l.local_addr()?, "logplex HTTP ingest listening");
+        servers.push(tokio::spawn(axum::serve(l, shuttle.http_router()).into_future()));
+    }
+    let mut listeners = Vec::new();
+    if let Some(addr) = args.syslog_tcp {
+        let l = shuttle.bind_syslog_tcp(addr, args.syslog_token.clone()).await?;
+        tracing::info!(addr = %l.local_addr(), "syslog TCP ingest listening");
+        listeners.push(l);
+    }
+    if let Some(addr) = args.syslog_udp {
+        let l = shuttle.bind_syslog_udp(addr, args.syslog_token.clone()).await?;
+        tracing::info!(addr = %l.local_addr(), "syslog UDP ingest listening");
+        listeners.push(l);
+    }
+    if let Some(addr) = args.metrics {
+        let m = shuttle.metrics().clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = m.clone();
+                async move { m.render() }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(addr = %l.local_addr()?, "metrics listening");
+        servers.push(tokio::spawn(axum::serve(l, app).into_future()));
+    }
+    tracing::info!(bus = shuttle.bus_kind(), config = %args.config.display(), "log shuttle running");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut seen = mtime(&args.config);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&shuttle, &args.config, "SIGHUP"),
+            _ = tick.tick() => {
+                let now = mtime(&args.config);
+                if now != seen {
+                    seen = now;
+                    reload(&shuttle, &args.config, "file changed");
+                }
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping: draining buffers (up to 5 s)");
+    drop(listeners);
+    for s in servers {
+        s.abort();
+    }
+    shuttle.shutdown(Duration::from_secs(5)).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reload as a diff; a bad file keeps the running plan.
+fn reload(shuttle: &wharf_logshuttle::Handle, file: &PathBuf, why: &str) {
+    match load_plan(file).and_then(|p| shuttle.apply(p).map_err(anyhow::Error::from)) {
+        Ok(r) => tracing::info!(
+            why,
+            added = r.added.len(),
+            removed = r.removed.len(),
+            kept = r.kept.len(),
+            "log shuttle reloaded"
+        ),
+        Err(e) => tracing::error!(why, error = %format!("{e:#}"), "reload refused; keeping the running plan"),
+    }
+}
