@@ -429,6 +429,24 @@ impl Handle {
         crate::ingest::http::router(self.clone())
     }
 
+    /// `GET /metrics` in Prometheus' text format.
+    pub fn metrics_router(&self) -> axum::Router {
+        let m = self.0.metrics.clone();
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = m.clone();
+                async move { m.render() }
+            }),
+        )
+    }
+
+    /// Serve `router` (from [`Handle::http_router`] or [`Handle::metrics_router`]) on
+    /// `listener` until the task is dropped.
+    pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router) -> std::io::Result<()> {
+        axum::serve(listener, router).await
+    }
+
     /// Syslog over TCP on `addr`; `token` binds the listener to one app.
     pub async fn bind_syslog_tcp(
         &self,

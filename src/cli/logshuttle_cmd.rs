@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
-use wharf_logshuttle::{BusChoice, KafkaOptions, Options, Shuttle};
+use wharf_logshuttle::{BusChoice, Handle, KafkaOptions, Options, Shuttle};
 
 use super::config_cmd::load_file;
 
@@ -87,7 +87,7 @@ async fn serve(args: Args, plan: wharf_config::ShuttlePlan) -> anyhow::Result<Ex
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %l.local_addr()?, "logplex HTTP ingest listening");
-        servers.push(tokio::spawn(axum::serve(l, shuttle.http_router()).into_future()));
+        servers.push(tokio::spawn(Handle::serve(l, shuttle.http_router())));
     }
     let mut listeners = Vec::new();
     if let Some(addr) = args.syslog_tcp {
@@ -101,19 +101,11 @@ async fn serve(args: Args, plan: wharf_config::ShuttlePlan) -> anyhow::Result<Ex
         listeners.push(l);
     }
     if let Some(addr) = args.metrics {
-        let m = shuttle.metrics().clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = m.clone();
-                async move { m.render() }
-            }),
-        );
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %l.local_addr()?, "metrics listening");
-        servers.push(tokio::spawn(axum::serve(l, app).into_future()));
+        servers.push(tokio::spawn(Handle::serve(l, shuttle.metrics_router())));
     }
     tracing::info!(bus = shuttle.bus_kind(), config = %args.config.display(), "log shuttle running");
 
@@ -145,7 +137,7 @@ async fn serve(args: Args, plan: wharf_config::ShuttlePlan) -> anyhow::Result<Ex
 }
 
 /// Reload as a diff; a bad file keeps the running plan.
-fn reload(shuttle: &wharf_logshuttle::Handle, file: &PathBuf, why: &str) {
+fn reload(shuttle: &Handle, file: &PathBuf, why: &str) {
     match load_plan(file).and_then(|p| shuttle.apply(p).map_err(anyhow::Error::from)) {
         Ok(r) => tracing::info!(
             why,
