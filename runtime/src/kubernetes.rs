@@ -14,6 +14,11 @@
 //!   repairs drift; objects Wharf manages that are no longer desired are deleted (pruned by label).
 //! - A rollout that exceeds its progress deadline is rolled back by applying the previous good
 //!   release again, and reported as [`RuntimeEvent::ReleaseFailed`].
+//! - Dyno states come from a pod watch (crash loops are `crashed`, restarts counted), changes
+//!   are announced as Heroku lines and [`RuntimeEvent::DynoState`]; each running dyno's log is
+//!   followed into the sink (`follow_logs`). Kubernetes restarts crashed containers itself
+//!   (CrashLoopBackOff: 10 s doubling to 5 min), so the 20-minute cap is the local runtime's.
+//! - [`Runtime::shutdown`] stops watching and leaves the cluster's dynos running.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -381,6 +386,16 @@ pub fn dyno_name(app_name: &str, process_type: &str, pod: &str) -> String {
         .or_else(|| pod.strip_prefix(&format!("{app_name}--")))
         .unwrap_or(pod);
     format!("{process_type}.{suffix}")
+}
+
+fn state_name(s: DynoState) -> &'static str {
+    match s {
+        DynoState::Starting => "starting",
+        DynoState::Up => "up",
+        DynoState::Crashed => "crashed",
+        DynoState::Idle => "idle",
+        DynoState::Down => "down",
+    }
 }
 
 /// The state of a dyno from its pod: crash loops and image errors are `crashed`.
@@ -840,12 +855,13 @@ impl KubeRuntime {
                     )
                 })
                 .collect();
-            Self::recompute(&mut st);
+            let _ = Self::recompute(&mut st);
         }
         self.bump();
     }
 
-    fn recompute(st: &mut KState) {
+    /// Recompute the dynos; returns those whose state changed (with the state before).
+    fn recompute(st: &mut KState) -> Vec<(DynoStatus, Option<DynoState>)> {
         let releases: BTreeMap<String, u32> = st
             .desired
             .values()
@@ -859,7 +875,54 @@ impl KubeRuntime {
             .collect();
         let slices: Vec<EndpointSlice> = st.slices.values().cloned().collect();
         let pods: Vec<Pod> = st.pods.values().cloned().collect();
+        let before: BTreeMap<(String, String), DynoState> = st
+            .dynos
+            .iter()
+            .map(|d| ((d.app.clone(), d.id.clone()), d.state))
+            .collect();
         st.dynos = dynos_from_cluster(&slices, &pods, &releases);
+        st.dynos
+            .iter()
+            .filter_map(|d| {
+                let was = before.get(&(d.app.clone(), d.id.clone())).copied();
+                (was != Some(d.state)).then(|| (d.clone(), was))
+            })
+            .collect()
+    }
+
+    /// Platform lines and events for dyno state changes, as the local runtime writes them.
+    fn announce(&self, changes: Vec<(DynoStatus, Option<DynoState>)>) {
+        let spaces: BTreeMap<String, String> = {
+            let st = self.inner.state.lock();
+            st.desired
+                .values()
+                .map(|a| (a.key.clone(), a.space.clone()))
+                .collect()
+        };
+        for (d, was) in changes {
+            let from = was.unwrap_or(DynoState::Starting);
+            if was.is_some() || d.state != DynoState::Starting {
+                self.inner.sink.send(LogLine {
+                    app: d.app.clone(),
+                    space: spaces.get(&d.app).cloned().unwrap_or_default(),
+                    source: Source::Heroku,
+                    process: d.name.clone(),
+                    timestamp_us: now_us(),
+                    line: format!(
+                        "State changed from {} to {}",
+                        state_name(from),
+                        state_name(d.state)
+                    ),
+                });
+            }
+            let _ = self.inner.events.send(RuntimeEvent::DynoState {
+                app: d.app.clone(),
+                dyno: d.name.clone(),
+                release: d.release,
+                from,
+                to: d.state,
+            });
+        }
     }
 
     /// List-and-watch one kind of object Wharf manages into the state; dynos follow.
@@ -908,8 +971,9 @@ impl KubeRuntime {
                         }
                     };
                     if changed {
-                        Self::recompute(&mut st);
+                        let changes = Self::recompute(&mut st);
                         drop(st);
+                        self.announce(changes);
                         after(self);
                         self.bump();
                     }
@@ -1136,7 +1200,7 @@ impl Runtime for KubeRuntime {
             st.good.retain(|k, _| keep.contains(k));
             st.failed.retain(|k, _| keep.contains(k));
             st.reported.retain(|k, _| keep.contains(k));
-            Self::recompute(&mut st);
+            let _ = Self::recompute(&mut st);
         }
         self.reconcile_once().await?;
         self.bump();

@@ -725,7 +725,9 @@ fn pod(name: &str, t: &str, release: u32, status: Value) -> Value {
 #[tokio::test]
 async fn pods_report_dyno_states_and_crash_loops() {
     let (client, api) = start_mock();
-    let rt = runtime(client);
+    let sink = Arc::new(Collect::default());
+    let rt = KubeRuntime::new(client, KubeConfig::default(), sink.clone());
+    let mut events = rt.events();
     rt.converge(DesiredState {
         apps: vec![api_app(4, 1, vec![formation("worker", 2)])],
     })
@@ -788,10 +790,37 @@ async fn pods_report_dyno_states_and_crash_loops() {
         ]),
         "{d:#?}"
     );
+    // Changes are announced as on Heroku.
+    let heroku: Vec<(String, String)> = sink
+        .0
+        .lock()
+        .iter()
+        .filter(|l| l.source == wharf_config::Source::Heroku)
+        .map(|l| (l.process.clone(), l.line.clone()))
+        .collect();
+    assert!(
+        heroku.contains(&(
+            "worker.5c6d-aa".into(),
+            "State changed from starting to crashed".into()
+        )),
+        "{heroku:?}"
+    );
     // Only the ready web endpoint is a router backend.
     let backends = wharf_runtime::router_endpoints(&d);
     assert_eq!(backends.len(), 1);
     assert_eq!(backends[0].address.to_string(), "10.1.0.5:8080");
+    let mut crashed = false;
+    while let Ok(e) = events.try_recv() {
+        if let RuntimeEvent::DynoState {
+            dyno,
+            to: DynoState::Crashed,
+            ..
+        } = e
+        {
+            crashed |= dyno == "worker.5c6d-aa";
+        }
+    }
+    assert!(crashed, "a DynoState event for the crash loop");
     rt.shutdown().await;
 }
 
@@ -910,30 +939,27 @@ async fn running_dyno_logs_reach_the_log_shuttle() {
             .then(|| (200, "tick 1\ntick 2\n".to_owned()))
     });
     rt.start();
+    let app_lines = || -> Vec<(String, String, String)> {
+        sink.0
+            .lock()
+            .iter()
+            .filter(|l| l.source == wharf_config::Source::App)
+            .map(|l| (l.app.clone(), l.process.clone(), l.line.clone()))
+            .collect()
+    };
     for _ in 0..200 {
-        if sink.0.lock().len() >= 2 {
+        if app_lines().len() >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let lines: Vec<(String, String, String)> = sink
-        .0
-        .lock()
-        .iter()
-        .map(|l| (l.app.clone(), l.process.clone(), l.line.clone()))
-        .collect();
+    let lines = app_lines();
     assert_eq!(
         lines,
         vec![
             ("api-prod".into(), "worker.5c6d-aa".into(), "tick 1".into()),
             ("api-prod".into(), "worker.5c6d-aa".into(), "tick 2".into()),
         ]
-    );
-    assert!(
-        sink.0
-            .lock()
-            .iter()
-            .all(|l| l.source == wharf_config::Source::App)
     );
     let log_calls: Vec<Call> = api
         .calls()
