@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 mod config_cmd;
 mod logshuttle_cmd;
+mod control_cmd;
+mod platform;
 mod router_cmd;
 mod stdout_sink;
 
@@ -30,6 +32,10 @@ pub enum Command {
     Router(router_cmd::RouterArgs),
     /// Run the log shuttle from a snapshot file (reloads on change and SIGHUP).
     Logshuttle(logshuttle_cmd::Args),
+    /// Run the control plane: platform API, store and snapshot feed.
+    Control(control_cmd::ControlArgs),
+    #[command(flatten)]
+    Platform(platform::PlatformCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -37,6 +43,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(c) => config_cmd::run(c),
         Command::Router(a) => router_cmd::run(a),
         Command::Logshuttle(a) => logshuttle_cmd::run(a),
+        Command::Control(a) => control_cmd::run(a),
+        Command::Platform(c) => platform::run(c),
     }
 }
 

@@ -1,0 +1,122 @@
+//! `wharf control`: the control plane on its own (API, store, snapshot feed for the planes).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use wharf_control::auth::Scope;
+use wharf_control::logs::MemoryLogs;
+use wharf_control::store::Store;
+use wharf_control::{ControlPlane, NoRuntime, Settings};
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Address the API listens on (port 0 picks one; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+    /// Directory for the SQLite store and the bootstrap admin token.
+    #[arg(long, env = "WHARF_DATA_DIR", default_value = "./wharf-data")]
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://…`; SQLite in the data directory by default.
+    #[arg(long, env = "WHARF_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Apps are served at `{app}-{space}.DOMAIN`.
+    #[arg(long, default_value = "wharf.localhost")]
+    pub domain: String,
+    /// An admin token to accept (stored hashed). Without one, a fresh store gets a generated
+    /// token written to DATA_DIR/admin-token (mode 0600).
+    #[arg(long, env = "WHARF_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Base URL clients reach the API at (for log-session URLs); else the request's Host.
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Allow plain http:// log drains (tests, private networks).
+    #[arg(long)]
+    pub allow_http_drains: bool,
+}
+
+pub fn run(a: ControlArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(a))
+}
+
+async fn serve(a: ControlArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
+    let url = match &a.database_url {
+        Some(u) => u.clone(),
+        None => format!("sqlite://{}", a.data_dir.join("control.db").display()),
+    };
+    let store = Store::open(&url).await.context("cannot open the store")?;
+    let mut settings = Settings {
+        domain: a.domain.clone(),
+        public_url: a.public_url.clone(),
+        ..Settings::default()
+    };
+    settings.logs.allow_http_drains = a.allow_http_drains;
+    let cp = ControlPlane::new(
+        store,
+        Arc::new(NoRuntime::default()),
+        Arc::new(MemoryLogs::default()),
+        settings,
+    )
+    .await
+    .context("cannot start the control plane")?;
+    if let Some(t) = &a.admin_token {
+        cp.ensure_token(t, Scope::admin(), "admin (--admin-token)")
+            .await?;
+    } else if !cp.has_tokens().await? {
+        let secret = cp
+            .create_token(Scope::admin(), "bootstrap admin", "admin@wharf.localhost")
+            .await?;
+        let path = a.data_dir.join("admin-token");
+        write_private(&path, &secret)?;
+        tracing::info!(path = %path.display(), "bootstrap admin token written");
+    }
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    eprintln!("wharf control listening on http://{addr}");
+    tracing::info!(%addr, "control plane listening");
+    axum::serve(listener, cp.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    cp.store().close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_private(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{secret}")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
