@@ -3,13 +3,17 @@
 /// What can go wrong starting, reconfiguring or feeding the shuttle.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("app {app:?} has {count} drains, more than the limit of {max} (logs.max_drains_per_app)")]
+    #[error(
+        "app {app:?} has {count} drains, more than the limit of {max} (logs.max_drains_per_app)"
+    )]
     TooManyDrains {
         app: String,
         count: usize,
         max: usize,
     },
-    #[error("drain {drain} of app {app:?}: http:// drains are off (use https://, or set logs.allow_http_drains)")]
+    #[error(
+        "drain {drain} of app {app:?}: http:// drains are off (use https://, or set logs.allow_http_drains)"
+    )]
     HttpDrainsOff { app: String, drain: String },
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),

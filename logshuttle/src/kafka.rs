@@ -77,7 +77,9 @@ pub struct KafkaBus {
 
 impl std::fmt::Debug for KafkaBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaBus").field("opts", &self.opts).finish()
+        f.debug_struct("KafkaBus")
+            .field("opts", &self.opts)
+            .finish()
     }
 }
 
@@ -93,10 +95,14 @@ impl KafkaBus {
         let results = admin.create_topics([&topic], &aopts).await?;
         for r in results {
             match r {
-                Ok(_) => tracing::info!(topic = %opts.topic, partitions = opts.partitions, "created the log topic"),
+                Ok(_) => {
+                    tracing::info!(topic = %opts.topic, partitions = opts.partitions, "created the log topic")
+                }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((t, code)) => {
-                    return Err(Error::KafkaSetup(format!("cannot create topic {t:?}: {code}")));
+                    return Err(Error::KafkaSetup(format!(
+                        "cannot create topic {t:?}: {code}"
+                    )));
                 }
             }
         }
@@ -154,14 +160,19 @@ impl Bus for KafkaBus {
         let mut futures = Vec::with_capacity(lines.len());
         for line in lines.iter() {
             let payload = serde_json::to_vec(line).map_err(|e| Error::KafkaSetup(e.to_string()))?;
-            let mut record = FutureRecord::to(&self.opts.topic).key(&line.app).payload(&payload);
+            let mut record = FutureRecord::to(&self.opts.topic)
+                .key(&line.app)
+                .payload(&payload);
             loop {
                 match self.producer.send_result(record) {
                     Ok(f) => {
                         futures.push(f);
                         break;
                     }
-                    Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                        r,
+                    )) => {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
@@ -230,7 +241,7 @@ impl Bus for KafkaBus {
                 tick.tick().await;
                 commit_dirty(&consumer, &acker, &topic, CommitMode::Async);
                 n += 1;
-                if n % 4 == 0 {
+                if n.is_multiple_of(4) {
                     let c = consumer.clone();
                     let m = metrics.clone();
                     let t = topic.clone();
@@ -280,13 +291,22 @@ fn take(
     let (partition, offset) = (msg.partition(), msg.offset());
     acker.commits.lock().tracker.register(partition, offset);
     let ack = Ack::new(partition, offset, acker.clone());
-    let line = msg.payload().and_then(|p| serde_json::from_slice::<LogLine>(p).ok());
+    let line = msg
+        .payload()
+        .and_then(|p| serde_json::from_slice::<LogLine>(p).ok());
     drop(msg);
     match line {
         Some(line) => batch.push(Consumed { line, ack }),
         None => {
-            metrics.ingest_errors.with_label_values(&["kafka", "bad payload"]).inc();
-            tracing::warn!(partition, offset, "skipping a record that is not a log line");
+            metrics
+                .ingest_errors
+                .with_label_values(&["kafka", "bad payload"])
+                .inc();
+            tracing::warn!(
+                partition,
+                offset,
+                "skipping a record that is not a log line"
+            );
             ack.done();
         }
     }
@@ -297,8 +317,12 @@ fn take(
 fn update_lag(consumer: &StreamConsumer, topic: &str, metrics: &Metrics) {
     let Ok(pos) = consumer.position() else { return };
     for el in pos.elements_for_topic(topic) {
-        let Offset::Offset(at) = el.offset() else { continue };
-        if let Ok((_, high)) = consumer.fetch_watermarks(topic, el.partition(), Duration::from_secs(2)) {
+        let Offset::Offset(at) = el.offset() else {
+            continue;
+        };
+        if let Ok((_, high)) =
+            consumer.fetch_watermarks(topic, el.partition(), Duration::from_secs(2))
+        {
             metrics
                 .kafka_lag
                 .with_label_values(&[&el.partition().to_string()])

@@ -30,11 +30,17 @@ impl Metrics {
         let drain = ["app", "drain"];
         let m = Metrics {
             ingest_lines: IntCounterVec::new(
-                Opts::new("wharf_logshuttle_ingest_lines_total", "Log lines accepted, per app"),
+                Opts::new(
+                    "wharf_logshuttle_ingest_lines_total",
+                    "Log lines accepted, per app",
+                ),
                 &["app"],
             )?,
             ingest_errors: IntCounterVec::new(
-                Opts::new("wharf_logshuttle_ingest_errors_total", "Ingest rejects by path and reason"),
+                Opts::new(
+                    "wharf_logshuttle_ingest_errors_total",
+                    "Ingest rejects by path and reason",
+                ),
                 &["path", "reason"],
             )?,
             sink_dropped: IntCounterVec::new(
@@ -46,29 +52,50 @@ impl Metrics {
             )?,
             unrouted: IntCounter::new("wharf_logshuttle_unrouted_total", "Lines for unknown apps")?,
             drain_delivered: IntCounterVec::new(
-                Opts::new("wharf_logshuttle_drain_delivered_total", "Lines delivered, per drain"),
+                Opts::new(
+                    "wharf_logshuttle_drain_delivered_total",
+                    "Lines delivered, per drain",
+                ),
                 &drain,
             )?,
             drain_retried: IntCounterVec::new(
-                Opts::new("wharf_logshuttle_drain_retried_total", "Lines sent again after a failure, per drain"),
+                Opts::new(
+                    "wharf_logshuttle_drain_retried_total",
+                    "Lines sent again after a failure, per drain",
+                ),
                 &drain,
             )?,
             drain_dropped: IntCounterVec::new(
-                Opts::new("wharf_logshuttle_drain_dropped_total", "Lines dropped, per drain"),
+                Opts::new(
+                    "wharf_logshuttle_drain_dropped_total",
+                    "Lines dropped, per drain",
+                ),
                 &drain,
             )?,
             drain_buffer: IntGaugeVec::new(
-                Opts::new("wharf_logshuttle_drain_buffer_lines", "Lines waiting, per drain"),
+                Opts::new(
+                    "wharf_logshuttle_drain_buffer_lines",
+                    "Lines waiting, per drain",
+                ),
                 &drain,
             )?,
             drain_connected: IntGaugeVec::new(
-                Opts::new("wharf_logshuttle_drain_connected", "1 when the drain's connection is up"),
+                Opts::new(
+                    "wharf_logshuttle_drain_connected",
+                    "1 when the drain's connection is up",
+                ),
                 &drain,
             )?,
-            tail_cut: IntCounter::new("wharf_logshuttle_tail_cut_total", "Tail sessions cut loose (L11)")?,
+            tail_cut: IntCounter::new(
+                "wharf_logshuttle_tail_cut_total",
+                "Tail sessions cut loose (L11)",
+            )?,
             tail_sessions: IntGauge::new("wharf_logshuttle_tail_sessions", "Open tail sessions")?,
             kafka_lag: IntGaugeVec::new(
-                Opts::new("wharf_logshuttle_kafka_consumer_lag", "Kafka consumer lag, per partition"),
+                Opts::new(
+                    "wharf_logshuttle_kafka_consumer_lag",
+                    "Kafka consumer lag, per partition",
+                ),
                 &["partition"],
             )?,
             registry,

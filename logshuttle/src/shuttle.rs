@@ -116,7 +116,10 @@ impl LineSink for QueueSink {
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(line)) => {
-                self.metrics.sink_dropped.with_label_values(&[&line.app]).inc();
+                self.metrics
+                    .sink_dropped
+                    .with_label_values(&[&line.app])
+                    .inc();
                 let mut d = self.drops.lock();
                 let e = d
                     .entry(line.app)
@@ -162,7 +165,9 @@ pub struct Handle(Arc<Inner>);
 
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle").field("bus", &self.0.bus.kind()).finish()
+        f.debug_struct("Handle")
+            .field("bus", &self.0.bus.kind())
+            .finish()
     }
 }
 
@@ -241,7 +246,10 @@ async fn publisher(bus: Arc<dyn Bus>, sink: Arc<QueueSink>, mut rx: mpsc::Receiv
     }
 }
 
-async fn dispatcher(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Vec<crate::bus::Consumed>>) {
+async fn dispatcher(
+    inner: std::sync::Weak<Inner>,
+    mut rx: mpsc::Receiver<Vec<crate::bus::Consumed>>,
+) {
     while let Some(batch) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { return };
         let routes = inner.routes.read().clone();
@@ -252,7 +260,11 @@ async fn dispatcher(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Vec<cr
                     c.ack.done();
                 }
                 Some(r) => {
-                    inner.metrics.ingest_lines.with_label_values(&[&c.line.app]).inc();
+                    inner
+                        .metrics
+                        .ingest_lines
+                        .with_label_values(&[&c.line.app])
+                        .inc();
                     let line = Arc::new(c.line);
                     for q in &r.drains {
                         q.push(Item {
@@ -315,11 +327,17 @@ impl Handle {
         let desired: HashMap<&str, (&str, &DrainTarget)> = plan
             .apps
             .iter()
-            .flat_map(|(key, a)| a.drains.iter().map(move |d| (d.id.as_str(), (key.as_str(), d))))
+            .flat_map(|(key, a)| {
+                a.drains
+                    .iter()
+                    .map(move |d| (d.id.as_str(), (key.as_str(), d)))
+            })
             .collect();
         let ids: BTreeSet<String> = drains.keys().cloned().collect();
         for id in ids {
-            let keep = desired.get(id.as_str()).is_some_and(|(_, t)| drains[&id].target == **t);
+            let keep = desired
+                .get(id.as_str())
+                .is_some_and(|(_, t)| drains[&id].target == **t);
             if keep {
                 report.kept.push(id);
             } else if let Some(r) = drains.remove(&id) {
@@ -334,8 +352,14 @@ impl Handle {
             if drains.contains_key(*id) {
                 continue;
             }
-            let Some(stream) = streams.get(*key) else { continue };
-            let space = plan.apps.get(*key).map(|a| a.space.clone()).unwrap_or_default();
+            let Some(stream) = streams.get(*key) else {
+                continue;
+            };
+            let space = plan
+                .apps
+                .get(*key)
+                .map(|a| a.space.clone())
+                .unwrap_or_default();
             let metrics = inner.metrics.for_drain(key, id);
             let queue = Arc::new(DrainQueue::new(s.drain_buffer_lines, metrics.clone()));
             let task = drain::spawn(DrainCtx {
@@ -364,7 +388,9 @@ impl Handle {
         let mut routes = HashMap::new();
         let mut tokens = HashMap::new();
         for (key, app) in &plan.apps {
-            let Some(stream) = streams.get(key) else { continue };
+            let Some(stream) = streams.get(key) else {
+                continue;
+            };
             let qs = app
                 .drains
                 .iter()
@@ -416,7 +442,12 @@ impl Handle {
 
     /// A Heroku log session: the last `lines` lines, then (with the [`Tail`]) what follows,
     /// with no gap between them.
-    pub fn session(&self, app: &str, lines: usize, filter: Filter) -> Result<(Vec<LogLine>, Tail), Error> {
+    pub fn session(
+        &self,
+        app: &str,
+        lines: usize,
+        filter: Filter,
+    ) -> Result<(Vec<LogLine>, Tail), Error> {
         let s = self.0.streams.read().get(app).cloned();
         match s {
             Some(s) => Ok(s.session(lines, filter)),
@@ -443,7 +474,10 @@ impl Handle {
 
     /// Serve `router` (from [`Handle::http_router`] or [`Handle::metrics_router`]) on
     /// `listener` until the task is dropped.
-    pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router) -> std::io::Result<()> {
+    pub async fn serve(
+        listener: tokio::net::TcpListener,
+        router: axum::Router,
+    ) -> std::io::Result<()> {
         axum::serve(listener, router).await
     }
 

@@ -63,7 +63,13 @@ pub(crate) struct AppStream {
 }
 
 impl AppStream {
-    pub(crate) fn new(app: &str, space: &str, cap: usize, tail_buffer: usize, metrics: Metrics) -> AppStream {
+    pub(crate) fn new(
+        app: &str,
+        space: &str,
+        cap: usize,
+        tail_buffer: usize,
+        metrics: Metrics,
+    ) -> AppStream {
         AppStream {
             app: app.to_owned(),
             space: space.to_owned(),
@@ -238,7 +244,13 @@ mod tests {
     }
 
     fn stream(cap: usize, tail: usize) -> AppStream {
-        AppStream::new("a-s", "s", cap, tail, Metrics::new(prometheus::Registry::new()).unwrap())
+        AppStream::new(
+            "a-s",
+            "s",
+            cap,
+            tail,
+            Metrics::new(prometheus::Registry::new()).unwrap(),
+        )
     }
 
     #[test]
@@ -262,11 +274,23 @@ mod tests {
     fn history_is_bounded_and_filtered() {
         let s = stream(3, 10);
         for i in 0..5 {
-            s.push(l(if i % 2 == 0 { "web.1" } else { "router" }, Source::App, &i.to_string()));
+            s.push(l(
+                if i % 2 == 0 { "web.1" } else { "router" },
+                Source::App,
+                &i.to_string(),
+            ));
         }
-        let all: Vec<String> = s.history(10, &Filter::default()).into_iter().map(|l| l.line).collect();
+        let all: Vec<String> = s
+            .history(10, &Filter::default())
+            .into_iter()
+            .map(|l| l.line)
+            .collect();
         assert_eq!(all, ["2", "3", "4"]);
-        let two: Vec<String> = s.history(2, &Filter::default()).into_iter().map(|l| l.line).collect();
+        let two: Vec<String> = s
+            .history(2, &Filter::default())
+            .into_iter()
+            .map(|l| l.line)
+            .collect();
         assert_eq!(two, ["3", "4"]);
         let web = Filter {
             dyno: Some("web".into()),
@@ -291,7 +315,11 @@ mod tests {
         assert_eq!(slow.recv().await.unwrap().line, "1");
         assert_eq!(slow.recv().await.unwrap().line, "2");
         let notice = slow.recv().await.unwrap();
-        assert!(notice.line.starts_with("Error L11 (Tail buffer overflow)"), "{}", notice.line);
+        assert!(
+            notice.line.starts_with("Error L11 (Tail buffer overflow)"),
+            "{}",
+            notice.line
+        );
         assert_eq!(notice.process, "logplex");
         assert!(slow.recv().await.is_none());
         s.push(l("web.1", Source::App, "4"));

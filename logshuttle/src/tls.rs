@@ -11,8 +11,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| Error::Tls(format!("cannot read CA bundle {}: {e}", path.display())))?;
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::Tls(format!("cannot read CA bundle {}: {e}", path.display()))
+            })?;
             add_pem(&mut roots, &pem)
                 .map_err(|e| Error::Tls(format!("CA bundle {}: {e}", path.display())))?;
         }
@@ -32,7 +33,9 @@ fn add_pem(roots: &mut rustls::RootCertStore, pem: &[u8]) -> Result<(), String> 
     let mut n = 0;
     for cert in rustls_pemfile::certs(&mut &pem[..]) {
         let cert = cert.map_err(|e| format!("bad PEM: {e}"))?;
-        roots.add(cert).map_err(|e| format!("bad certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("bad certificate: {e}"))?;
         n += 1;
     }
     if n == 0 {

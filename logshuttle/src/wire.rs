@@ -32,7 +32,8 @@ pub fn format_timestamp(us: i64) -> String {
 fn write_timestamp(out: &mut String, us: i64) {
     let secs = us.div_euclid(1_000_000);
     let micros = us.rem_euclid(1_000_000);
-    let dt = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let dt =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let _ = write!(
         out,
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
@@ -149,7 +150,8 @@ impl Message<'_> {
 
 /// Parse one RFC 5424 message. Errors say what was expected where.
 pub fn parse_message(bytes: &[u8]) -> Result<Message<'_>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 at byte {}", e.valid_up_to()))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 at byte {}", e.valid_up_to()))?;
     let text = text.trim_end_matches(['\n', '\r']);
     let rest = text
         .strip_prefix('<')
@@ -254,7 +256,9 @@ fn parse_sd(s: &str) -> Result<(Option<String>, &str), String> {
                     b'=' => {
                         cur_name = &s[name_start..i];
                         if b.get(i + 1) != Some(&b'"') {
-                            return Err("not RFC 5424: SD parameter value must be quoted".to_owned());
+                            return Err(
+                                "not RFC 5424: SD parameter value must be quoted".to_owned()
+                            );
                         }
                         in_value = true;
                         i += 2;
@@ -290,7 +294,10 @@ impl FrameDecoder {
     /// The next whole frame in `buf`, if any.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         // Newlines and spaces between frames are tolerated.
-        let skip = buf.iter().take_while(|c| matches!(c, b'\n' | b'\r' | b' ')).count();
+        let skip = buf
+            .iter()
+            .take_while(|c| matches!(c, b'\n' | b'\r' | b' '))
+            .count();
         buf.advance(skip);
         let Some(&first) = buf.first() else {
             return Ok(None);
@@ -305,12 +312,16 @@ impl FrameDecoder {
             };
             let digits = &buf[..sp];
             if !digits.iter().all(u8::is_ascii_digit) {
-                return Err(FrameError::BadCount(String::from_utf8_lossy(digits).into_owned()));
+                return Err(FrameError::BadCount(
+                    String::from_utf8_lossy(digits).into_owned(),
+                ));
             }
             let len: usize = std::str::from_utf8(digits)
                 .ok()
                 .and_then(|d| d.parse().ok())
-                .ok_or_else(|| FrameError::BadCount(String::from_utf8_lossy(digits).into_owned()))?;
+                .ok_or_else(|| {
+                    FrameError::BadCount(String::from_utf8_lossy(digits).into_owned())
+                })?;
             if len > self.max {
                 return Err(FrameError::TooLarge { len, max: self.max });
             }
@@ -324,7 +335,10 @@ impl FrameDecoder {
             match buf.iter().position(|&c| c == b'\n') {
                 Some(nl) => {
                     if nl > self.max {
-                        return Err(FrameError::TooLarge { len: nl, max: self.max });
+                        return Err(FrameError::TooLarge {
+                            len: nl,
+                            max: self.max,
+                        });
                     }
                     let mut frame = buf.split_to(nl + 1);
                     frame.truncate(nl);
@@ -361,7 +375,9 @@ pub fn split_logplex_body(body: &[u8]) -> Result<Vec<&[u8]>, String> {
             ));
         }
         if body.get(i + digits) != Some(&b' ') {
-            return Err(format!("frame {n} at byte {i}: expected a space after the octet count"));
+            return Err(format!(
+                "frame {n} at byte {i}: expected a space after the octet count"
+            ));
         }
         let len: usize = std::str::from_utf8(&body[i..i + digits])
             .ok()
@@ -403,22 +419,40 @@ mod tests {
     #[test]
     fn encode_heroku_shape() {
         let m = encode_message(&line(), "d.abc");
-        assert_eq!(m, "<190>1 2023-11-14T22:13:20.123456+00:00 d.abc app web.1 - - hello world");
+        assert_eq!(
+            m,
+            "<190>1 2023-11-14T22:13:20.123456+00:00 d.abc app web.1 - - hello world"
+        );
         let p = parse_message(m.as_bytes()).unwrap();
         assert_eq!(p.to_line("api-default", "default"), line());
     }
 
     #[test]
     fn parse_sd_token_and_errors() {
-        let p = parse_message(br#"<14>1 - h app web.2 - [wharf@1 token="t\"x" a="b"][x y="z"] the msg"#).unwrap();
+        let p = parse_message(
+            br#"<14>1 - h app web.2 - [wharf@1 token="t\"x" a="b"][x y="z"] the msg"#,
+        )
+        .unwrap();
         assert_eq!(p.token.as_deref(), Some("t\"x"));
         assert_eq!(p.msg, "the msg");
         assert_eq!(p.timestamp_us, None);
         assert!(parse_message(b"hello").unwrap_err().contains("PRI"));
         assert!(parse_message(b"<13>2 x").unwrap_err().contains("version"));
-        assert!(parse_message(b"<13>1 nope h a p - - m").unwrap_err().contains("TIMESTAMP"));
-        assert!(parse_message(b"<13>1 - h a").unwrap_err().contains("missing"));
-        assert!(parse_message(b"<13>1 - h a p m [x").unwrap_err().contains("unterminated"));
+        assert!(
+            parse_message(b"<13>1 nope h a p - - m")
+                .unwrap_err()
+                .contains("TIMESTAMP")
+        );
+        assert!(
+            parse_message(b"<13>1 - h a")
+                .unwrap_err()
+                .contains("missing")
+        );
+        assert!(
+            parse_message(b"<13>1 - h a p m [x")
+                .unwrap_err()
+                .contains("unterminated")
+        );
     }
 
     #[test]
@@ -440,8 +474,20 @@ mod tests {
     fn logplex_body() {
         let f = split_logplex_body(b"3 abc4 defg\n").unwrap();
         assert_eq!(f, vec![&b"abc"[..], &b"defg"[..]]);
-        assert!(split_logplex_body(b"x abc").unwrap_err().contains("octet count"));
-        assert!(split_logplex_body(b"9 abc").unwrap_err().contains("claims 9"));
-        assert!(split_logplex_body(b"20000 a").unwrap_err().contains("10240"));
+        assert!(
+            split_logplex_body(b"x abc")
+                .unwrap_err()
+                .contains("octet count")
+        );
+        assert!(
+            split_logplex_body(b"9 abc")
+                .unwrap_err()
+                .contains("claims 9")
+        );
+        assert!(
+            split_logplex_body(b"20000 a")
+                .unwrap_err()
+                .contains("10240")
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use wharf_config::LogSettings;
-use wharf_logshuttle::{BusChoice, Bus, Filter, KafkaBus, KafkaOptions, Shuttle, wire};
+use wharf_logshuttle::{Bus, BusChoice, Filter, KafkaBus, KafkaOptions, Shuttle, wire};
 
 fn kafka_opts(brokers: &str) -> KafkaOptions {
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -54,7 +54,9 @@ async fn kafka_bus_end_to_end_through_a_drain() {
     for i in 0..300 {
         for (app, host) in [("a-default", "d.a"), ("b-default", "d.b")] {
             let l = line(app, "web.1", &format!("{app} {i}"));
-            sent.entry(host).or_default().push(wire::encode_message(&l, host));
+            sent.entry(host)
+                .or_default()
+                .push(wire::encode_message(&l, host));
             sink.send(l);
         }
     }
@@ -62,17 +64,26 @@ async fn kafka_bus_end_to_end_through_a_drain() {
     let got = rs.lines();
     assert_eq!(got.len(), 600);
     for (host, want) in &sent {
-        let mine: Vec<String> = got.iter().filter(|l| l.contains(&format!(" {host} "))).cloned().collect();
+        let mine: Vec<String> = got
+            .iter()
+            .filter(|l| l.contains(&format!(" {host} ")))
+            .cloned()
+            .collect();
         assert_eq!(&mine, want, "app of {host}: every line once, in order");
     }
-    assert_eq!(shuttle.history("a-default", 1500, &Filter::default()).len(), 300);
+    assert_eq!(
+        shuttle.history("a-default", 1500, &Filter::default()).len(),
+        300
+    );
     shuttle.shutdown(Duration::from_secs(10)).await;
 }
 
 /// Not a test on its own: the shuttle process the crash test starts and kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_shuttle_node() {
-    let Ok(spec) = std::env::var("WHARF_TEST_CHILD") else { return };
+    let Ok(spec) = std::env::var("WHARF_TEST_CHILD") else {
+        return;
+    };
     let v: Vec<&str> = spec.split('|').collect();
     let mut opts = options();
     opts.bus = BusChoice::Kafka(KafkaOptions {
@@ -88,7 +99,10 @@ async fn child_shuttle_node() {
 fn spawn_child(k: &KafkaOptions, drain: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["child_shuttle_node", "--exact", "--nocapture"])
-        .env("WHARF_TEST_CHILD", format!("{}|{}|{}|{}", k.brokers, k.topic, k.group, drain))
+        .env(
+            "WHARF_TEST_CHILD",
+            format!("{}|{}|{}|{}", k.brokers, k.topic, k.group, drain),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -100,9 +114,13 @@ fn spawn_child(k: &KafkaOptions, drain: &str) -> Child {
 fn received(rs: &Rsyslog) -> HashMap<String, Vec<usize>> {
     let mut out: HashMap<String, Vec<usize>> = HashMap::new();
     for l in rs.lines() {
-        let Some(msg) = l.split(" - - ").nth(1) else { continue };
+        let Some(msg) = l.split(" - - ").nth(1) else {
+            continue;
+        };
         let mut it = msg.split(' ');
-        let (Some(app), Some(n)) = (it.next(), it.next()) else { continue };
+        let (Some(app), Some(n)) = (it.next(), it.next()) else {
+            continue;
+        };
         if let Ok(n) = n.parse() {
             out.entry(app.to_owned()).or_default().push(n);
         }
@@ -113,7 +131,10 @@ fn received(rs: &Rsyslog) -> HashMap<String, Vec<usize>> {
 fn complete(r: &HashMap<String, Vec<usize>>, n: usize) -> bool {
     ["a-default", "b-default"].iter().all(|a| {
         let mut seen = vec![false; n];
-        r.get(*a).into_iter().flatten().for_each(|&i| seen[i] = true);
+        r.get(*a)
+            .into_iter()
+            .flatten()
+            .for_each(|&i| seen[i] = true);
         seen.iter().all(|s| *s)
     })
 }
@@ -138,7 +159,10 @@ async fn shuttle_killed_mid_stream_and_restarted_loses_nothing_and_keeps_order()
     let mut first = publish(0, n / 2);
     producer.publish(&mut first).await.unwrap();
     let mut child = spawn_child(&k, &rs.url());
-    wait_for(90, "the first shuttle to deliver some lines", || rs.lines().len() >= 500).await;
+    wait_for(90, "the first shuttle to deliver some lines", || {
+        rs.lines().len() >= 500
+    })
+    .await;
     child.kill().unwrap();
     child.wait().unwrap();
     let before = rs.lines().len();
@@ -172,7 +196,12 @@ async fn shuttle_killed_mid_stream_and_restarted_loses_nothing_and_keeps_order()
         assert_eq!(firsts, (0..n).collect::<Vec<_>>(), "{app} in order");
         // A repeat only ever restarts from an earlier committed point and runs forward.
         for w in seq.windows(2) {
-            assert!(w[1] == w[0] + 1 || w[1] <= w[0], "{app}: a gap {} → {}", w[0], w[1]);
+            assert!(
+                w[1] == w[0] + 1 || w[1] <= w[0],
+                "{app}: a gap {} → {}",
+                w[0],
+                w[1]
+            );
         }
     }
 }

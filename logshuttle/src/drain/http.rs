@@ -26,7 +26,8 @@ async fn connect(ctx: &DrainCtx) -> Result<SendRequest<Full<Bytes>>, String> {
         .await
         .map_err(|e| e.to_string())?;
     if url.kind == DrainKind::Https {
-        let name = rustls_pki_types::ServerName::try_from(url.host.clone()).map_err(|e| e.to_string())?;
+        let name =
+            rustls_pki_types::ServerName::try_from(url.host.clone()).map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(ctx.tls.clone());
         let s = tokio::time::timeout(ctx.opts.connect_timeout, tls.connect(name, tcp))
             .await
@@ -42,7 +43,9 @@ async fn handshake<T>(io: TokioIo<T>) -> Result<SendRequest<Full<Bytes>>, String
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    let (send, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -52,7 +55,10 @@ where
 /// `Authorization` from the URL's user-info, if any.
 fn basic_auth(raw: &str) -> Option<String> {
     let u = url_userinfo(raw)?;
-    Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(u)))
+    Some(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(u)
+    ))
 }
 
 fn url_userinfo(raw: &str) -> Option<String> {
@@ -213,7 +219,16 @@ pub(crate) async fn run(ctx: DrainCtx) {
             let frame_id = uuid::Uuid::new_v4().simple().to_string();
             let mut closed = false;
             loop {
-                match send(&ctx, &mut conn, body.clone(), count, &frame_id, auth.as_deref()).await {
+                match send(
+                    &ctx,
+                    &mut conn,
+                    body.clone(),
+                    count,
+                    &frame_id,
+                    auth.as_deref(),
+                )
+                .await
+                {
                     Outcome::Delivered => {
                         backoff.reset();
                         ctx.metrics.delivered.inc_by(count as u64);
@@ -252,7 +267,10 @@ mod tests {
 
     #[test]
     fn userinfo() {
-        assert_eq!(url_userinfo("https://u:p%40ss@h:1/x").as_deref(), Some("u:p@ss"));
+        assert_eq!(
+            url_userinfo("https://u:p%40ss@h:1/x").as_deref(),
+            Some("u:p@ss")
+        );
         assert_eq!(url_userinfo("https://h/x@y"), None);
     }
 }

@@ -153,7 +153,11 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff { base, cap, next: base }
+        Backoff {
+            base,
+            cap,
+            next: base,
+        }
     }
     pub(crate) fn reset(&mut self) {
         self.next = self.base;
@@ -186,7 +190,11 @@ impl DrainCtx {
     /// The L10 line for a batch that follows drops; it also goes into the app's stream.
     pub(crate) fn l10(&self, dropped: Option<(u64, i64)>) -> Option<LogLine> {
         let (n, since) = dropped?;
-        let line = crate::wire::notice(&self.target.app, &self.space, crate::wire::l10_text(n, since));
+        let line = crate::wire::notice(
+            &self.target.app,
+            &self.space,
+            crate::wire::l10_text(n, since),
+        );
         tracing::warn!(drain = %self.target.id, app = %self.target.app, dropped = n, "drain buffer overflowed");
         self.stream.push(Arc::new(line.clone()));
         Some(line)

@@ -19,7 +19,11 @@ trait Conn: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Conn for T {}
 
 /// TCP connect with keep-alive, to any of the host's addresses.
-pub(crate) async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect_tcp(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -56,7 +60,9 @@ async fn connect_io(ctx: &DrainCtx, tcp: TcpStream) -> std::io::Result<Pin<Box<d
         let tls = tokio_rustls::TlsConnector::from(ctx.tls.clone());
         let s = tokio::time::timeout(ctx.opts.connect_timeout, tls.connect(name, tcp))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+            })??;
         Ok(Box::pin(s))
     } else {
         Ok(Box::pin(tcp))
@@ -72,7 +78,10 @@ fn peer_gone(link: &mut Link) -> bool {
         Ok(_) => {
             // Data (TLS alerts, session tickets): let the TLS layer consume it.
             let mut buf = [0u8; 512];
-            matches!(link.io.read(&mut buf).now_or_never(), Some(Ok(0)) | Some(Err(_)))
+            matches!(
+                link.io.read(&mut buf).now_or_never(),
+                Some(Ok(0)) | Some(Err(_))
+            )
         }
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
         Err(_) => true,
@@ -198,7 +207,11 @@ pub(crate) async fn run_udp(ctx: DrainCtx) {
                 .await?
                 .next()
                 .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
-            let bind = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+            let bind = if addr.is_ipv6() {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
             let s = UdpSocket::bind(bind).await?;
             s.connect(addr).await?;
             Ok::<_, std::io::Error>(s)

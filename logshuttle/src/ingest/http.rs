@@ -19,7 +19,11 @@ pub fn router(handle: Handle) -> Router {
 }
 
 fn refuse(handle: &Handle, status: StatusCode, reason: &str, msg: String) -> Response {
-    handle.metrics().ingest_errors.with_label_values(&["http", reason]).inc();
+    handle
+        .metrics()
+        .ingest_errors
+        .with_label_values(&["http", reason])
+        .inc();
     tracing::debug!(%status, reason, detail = %msg, "logplex POST refused");
     let mut r = (status, format!("{msg}\n")).into_response();
     if status == StatusCode::UNAUTHORIZED {
@@ -33,8 +37,12 @@ fn refuse(handle: &Handle, status: StatusCode, reason: &str, msg: String) -> Res
 
 fn token_of(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let b64 = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic "))?;
-    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let b64 = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (_, pass) = text.split_once(':')?;
     Some(pass.to_owned())
@@ -50,7 +58,12 @@ async fn logs(State(handle): State<Handle>, headers: HeaderMap, body: Bytes) -> 
         );
     };
     let Some((app, space)) = handle.app_for_token(&token) else {
-        return refuse(&handle, StatusCode::UNAUTHORIZED, "auth", "unknown log token".into());
+        return refuse(
+            &handle,
+            StatusCode::UNAUTHORIZED,
+            "auth",
+            "unknown log token".into(),
+        );
     };
     let ctype = headers
         .get(header::CONTENT_TYPE)
@@ -96,7 +109,12 @@ async fn logs(State(handle): State<Handle>, headers: HeaderMap, body: Bytes) -> 
         match wire::parse_message(f) {
             Ok(m) => lines.push(m.to_line(&app, &space)),
             Err(e) => {
-                return refuse(&handle, StatusCode::BAD_REQUEST, "syslog", format!("frame {}: {e}", i + 1));
+                return refuse(
+                    &handle,
+                    StatusCode::BAD_REQUEST,
+                    "syslog",
+                    format!("frame {}: {e}", i + 1),
+                );
             }
         }
     }

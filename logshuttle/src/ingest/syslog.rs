@@ -36,7 +36,11 @@ impl Drop for SyslogListener {
     }
 }
 
-fn line_of(handle: &Handle, frame: &[u8], listener_token: Option<&str>) -> Result<LogLine, (&'static str, String)> {
+fn line_of(
+    handle: &Handle,
+    frame: &[u8],
+    listener_token: Option<&str>,
+) -> Result<LogLine, (&'static str, String)> {
     let m = wire::parse_message(frame).map_err(|e| ("syslog", e))?;
     let token = m
         .token
@@ -50,7 +54,11 @@ fn line_of(handle: &Handle, frame: &[u8], listener_token: Option<&str>) -> Resul
 }
 
 /// Listen for syslog over TCP on `addr` (`127.0.0.1:0` for an ephemeral port).
-pub async fn bind_tcp(handle: Handle, addr: SocketAddr, token: Option<String>) -> Result<SyslogListener, Error> {
+pub async fn bind_tcp(
+    handle: Handle,
+    addr: SocketAddr,
+    token: Option<String>,
+) -> Result<SyslogListener, Error> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -80,13 +88,19 @@ async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token:
                 Ok(Some(frame)) => match line_of(&handle, &frame, token.as_deref()) {
                     Ok(l) => lines.push(l),
                     Err((reason, e)) => {
-                        metrics.ingest_errors.with_label_values(&["syslog-tcp", reason]).inc();
+                        metrics
+                            .ingest_errors
+                            .with_label_values(&["syslog-tcp", reason])
+                            .inc();
                         tracing::warn!(%peer, error = %e, "syslog message skipped");
                     }
                 },
                 Ok(None) => break,
                 Err(e) => {
-                    metrics.ingest_errors.with_label_values(&["syslog-tcp", "framing"]).inc();
+                    metrics
+                        .ingest_errors
+                        .with_label_values(&["syslog-tcp", "framing"])
+                        .inc();
                     tracing::warn!(%peer, error = %e, "bad syslog framing; closing the connection");
                     handle.ingest_all(&mut lines).await;
                     return;
@@ -97,7 +111,10 @@ async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token:
         match sock.read_buf(&mut buf).await {
             Ok(0) => {
                 if !buf.is_empty() {
-                    metrics.ingest_errors.with_label_values(&["syslog-tcp", "framing"]).inc();
+                    metrics
+                        .ingest_errors
+                        .with_label_values(&["syslog-tcp", "framing"])
+                        .inc();
                     tracing::warn!(%peer, bytes = buf.len(), "connection closed inside a frame");
                 }
                 return;
@@ -112,7 +129,11 @@ async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token:
 }
 
 /// Listen for syslog over UDP on `addr`.
-pub async fn bind_udp(handle: Handle, addr: SocketAddr, token: Option<String>) -> Result<SyslogListener, Error> {
+pub async fn bind_udp(
+    handle: Handle,
+    addr: SocketAddr,
+    token: Option<String>,
+) -> Result<SyslogListener, Error> {
     let sock = UdpSocket::bind(addr).await?;
     let addr = sock.local_addr()?;
     let task = tokio::spawn(async move {
@@ -129,7 +150,10 @@ pub async fn bind_udp(handle: Handle, addr: SocketAddr, token: Option<String>) -
             match line_of(&handle, &buf[..n], token.as_deref()) {
                 Ok(l) => handle.sink().send(l),
                 Err((reason, e)) => {
-                    metrics.ingest_errors.with_label_values(&["syslog-udp", reason]).inc();
+                    metrics
+                        .ingest_errors
+                        .with_label_values(&["syslog-udp", reason])
+                        .inc();
                     tracing::warn!(%peer, error = %e, "syslog datagram skipped");
                 }
             }

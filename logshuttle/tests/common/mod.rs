@@ -14,7 +14,9 @@ use wharf_config::{DrainUrl, LogLine, LogSettings, ShuttlePlan, Source};
 /// Logs of the code under test, shown for failing tests.
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_test_writer()
         .try_init();
 }
@@ -34,7 +36,10 @@ pub async fn wait_for<F: FnMut() -> bool>(secs: u64, what: &str, mut f: F) {
 pub fn line(app: &str, process: &str, text: &str) -> LogLine {
     LogLine {
         app: app.to_owned(),
-        space: app.rsplit_once('-').map(|(_, s)| s.to_owned()).unwrap_or_default(),
+        space: app
+            .rsplit_once('-')
+            .map(|(_, s)| s.to_owned())
+            .unwrap_or_default(),
         source: Source::App,
         process: process.to_owned(),
         timestamp_us: wharf_logshuttle::wire::now_us(),
@@ -105,11 +110,19 @@ pub fn options() -> wharf_logshuttle::Options {
 
 /// A port that was free a moment ago (for peers that cannot report their own).
 pub fn free_port_udp() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn free_port_tcp() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A test CA and a server certificate for 127.0.0.1 and localhost signed by it.
@@ -130,7 +143,8 @@ pub fn pki() -> Pki {
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "localhost");
@@ -260,7 +274,10 @@ impl Rsyslog {
             Proto::Udp => {
                 let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
                 let probe = "<14>1 - probe probe - - - udp-probe";
-                while !std::fs::read_to_string(&self.out).unwrap_or_default().contains("udp-probe") {
+                while !std::fs::read_to_string(&self.out)
+                    .unwrap_or_default()
+                    .contains("udp-probe")
+                {
                     let _ = s.send_to(probe.as_bytes(), ("127.0.0.1", self.port));
                     assert!(Instant::now() < end, "rsyslogd UDP not ready");
                     std::thread::sleep(Duration::from_millis(100));
@@ -338,7 +355,13 @@ impl Tansu {
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
         let child = Command::new(bin)
             .current_dir(dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .arg("--storage-engine")
             // The path is relative to the working directory, the data dir.
             .arg("sqlite://tansu.db")
@@ -395,7 +418,9 @@ impl HttpsReceiver {
         let certs: Vec<_> = rustls_pemfile::certs(&mut pki.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
             .unwrap();
-        let key = rustls_pemfile::private_key(&mut pki.key_pem.as_bytes()).unwrap().unwrap();
+        let key = rustls_pemfile::private_key(&mut pki.key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -407,36 +432,48 @@ impl HttpsReceiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(parking_lot::Mutex::new(Vec::<Seen>::new()));
-        let script = Arc::new(parking_lot::Mutex::new(std::collections::VecDeque::from(script)));
+        let script = Arc::new(parking_lot::Mutex::new(std::collections::VecDeque::from(
+            script,
+        )));
         let s2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let seen = s2.clone();
                 let script = script.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        let script = script.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-                            let status = script.lock().pop_front().unwrap_or(200);
-                            seen.lock().push(Seen {
-                                path: parts.uri.path().to_owned(),
-                                headers: parts.headers,
-                                body,
-                                status,
-                            });
-                            let resp = http::Response::builder()
-                                .status(status)
-                                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                                .unwrap();
-                            Ok::<_, std::convert::Infallible>(resp)
-                        }
-                    });
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            let script = script.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes().to_vec())
+                                    .unwrap_or_default();
+                                let status = script.lock().pop_front().unwrap_or(200);
+                                seen.lock().push(Seen {
+                                    path: parts.uri.path().to_owned(),
+                                    headers: parts.headers,
+                                    body,
+                                    status,
+                                });
+                                let resp = http::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .unwrap();
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
                         .await;
