@@ -1297,3 +1297,53 @@ async fn get(addr: SocketAddr, path: &str, token: &str) -> String {
     s.read_to_end(&mut out).await.unwrap();
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Every operation in the OpenAPI document is mounted (none answers "No such endpoint.").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_operations_are_all_mounted() {
+    let e = env(Db::Sqlite).await;
+    let doc = wharf_control::openapi::document();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for o in wharf_control::openapi::OPERATIONS {
+        let path = o
+            .path
+            .split('/')
+            .map(|s| if s.starts_with('{') { "zz-missing" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        let method = Method::from_bytes(o.method.to_uppercase().as_bytes()).unwrap();
+        let body = (!o.body.is_empty()).then(|| "{}".to_owned());
+        let r = call_raw(
+            &e.cp,
+            method,
+            &format!("{path}?wait=0"),
+            Some(&e.admin),
+            body,
+            &[],
+        )
+        .await;
+        assert_ne!(
+            r.body["message"], "No such endpoint.",
+            "{} {}",
+            o.method, o.path
+        );
+        assert_ne!(
+            r.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{} {}",
+            o.method,
+            o.path
+        );
+    }
+    let r = call_raw(&e.cp, Method::GET, "/apps/a%00b", Some(&e.admin), None, &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = call(
+        &e.cp,
+        Method::POST,
+        "/apps",
+        &e.admin,
+        Some(json!({"name": "a\u{0}b"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+}

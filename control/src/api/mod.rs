@@ -138,7 +138,27 @@ pub fn router(cp: ControlPlane) -> Router {
         .route("/openapi.json", get(crate::openapi::serve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(reject_nul))
         .with_state(cp)
+}
+
+/// No identifier may hold a NUL byte (PostgreSQL text cannot): 400 before any handler runs.
+async fn reject_nul(req: Request, next: axum::middleware::Next) -> Response {
+    let raw = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+    if raw.to_ascii_lowercase().contains("%00") {
+        return ApiError::BadRequest("NUL bytes are not allowed in paths or queries.".into())
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -168,6 +188,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         };
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
+        if has_nul(&value) {
+            return Err(ApiError::invalid("body", "strings may not hold NUL bytes"));
+        }
         serde_json::from_value(value)
             .map(Body)
             .map_err(|e| ApiError::invalid("body", e.to_string()))
