@@ -96,16 +96,18 @@ async fn child_shuttle_node() {
     tokio::time::sleep(Duration::from_secs(300)).await;
 }
 
-fn spawn_child(k: &KafkaOptions, drain: &str) -> Child {
+fn spawn_child(k: &KafkaOptions, drain: &str, log: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
     Command::new(std::env::current_exe().unwrap())
         .args(["child_shuttle_node", "--exact", "--nocapture"])
         .env(
             "WHARF_TEST_CHILD",
             format!("{}|{}|{}|{}", k.brokers, k.topic, k.group, drain),
         )
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .unwrap()
 }
@@ -158,7 +160,9 @@ async fn shuttle_killed_mid_stream_and_restarted_loses_nothing_and_keeps_order()
     };
     let mut first = publish(0, n / 2);
     producer.publish(&mut first).await.unwrap();
-    let mut child = spawn_child(&k, &rs.url());
+    let log1 = rs.dir.path().join("child1.log");
+    let log2 = rs.dir.path().join("child2.log");
+    let mut child = spawn_child(&k, &rs.url(), &log1);
     wait_for(90, "the first shuttle to deliver some lines", || {
         rs.lines().len() >= 500
     })
@@ -169,7 +173,7 @@ async fn shuttle_killed_mid_stream_and_restarted_loses_nothing_and_keeps_order()
     assert!(before < n * 2, "killed mid-stream");
     let mut second = publish(n / 2, n);
     producer.publish(&mut second).await.unwrap();
-    let mut child = spawn_child(&k, &rs.url());
+    let mut child = spawn_child(&k, &rs.url(), &log2);
     let ok = {
         let end = std::time::Instant::now() + Duration::from_secs(120);
         loop {
@@ -184,6 +188,21 @@ async fn shuttle_killed_mid_stream_and_restarted_loses_nothing_and_keeps_order()
     };
     let _ = child.kill();
     let _ = child.wait();
+    if !ok {
+        let r = received(&rs);
+        for (app, seq) in &r {
+            let mut seen = vec![false; n];
+            seq.iter().for_each(|&i| seen[i] = true);
+            let missing: Vec<usize> = (0..n).filter(|&i| !seen[i]).collect();
+            eprintln!("{app}: {} received, {} missing, first missing {:?}", seq.len(), missing.len(), missing.first());
+        }
+        for l in [&log1, &log2] {
+            let text = std::fs::read_to_string(l).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("--- {} (last 40 lines, newest first)\n{}", l.display(), tail.join("\n"));
+        }
+        eprintln!("--- tansu\n{}", std::fs::read_to_string(broker.dir.path().join("tansu.log")).unwrap_or_default().lines().rev().take(30).collect::<Vec<_>>().join("\n"));
+    }
     assert!(ok, "every line arrives at least once");
     for (app, seq) in received(&rs) {
         // In order per app: dropping repeats (redelivery after the crash) leaves 0..n.
