@@ -50,6 +50,25 @@ need_test_deps() {
   need_apt psql postgresql
   need_apt chromium chromium
   need_cargo_bin tansu tansu 0.6.0 --no-default-features --features libsql
+  need_schemathesis
+  need_heroku_cli
+}
+
+# schemathesis (PyPI) for the control plane's OpenAPI test.
+need_schemathesis() {
+  if command -v schemathesis >/dev/null 2>&1; then return 0; fi
+  say "pip install schemathesis"
+  python3 -m pip install -q schemathesis
+}
+
+# The stock Heroku CLI, outside the repo, for the control plane's compatibility test.
+export WHARF_HEROKU_CLI="${WHARF_HEROKU_CLI:-$HOME/.cache/wharf-heroku-cli/node_modules/.bin/heroku}"
+need_heroku_cli() {
+  if [ -x "$WHARF_HEROKU_CLI" ]; then return 0; fi
+  need_apt npm npm
+  say "npm install heroku@11 (once, ~1 min)"
+  mkdir -p "$HOME/.cache/wharf-heroku-cli"
+  (cd "$HOME/.cache/wharf-heroku-cli" && npm install --no-audit --no-fund heroku@11 >/dev/null)
 }
 
 # PostgreSQL on 127.0.0.1:5432: start the machine's cluster when it is down.

@@ -1,0 +1,59 @@
+//! schemathesis (PyPI; `scripts/deps.sh` installs it) against `/openapi.json` of a control
+//! plane served for real on 127.0.0.1:0: no server errors, no schema or status violations.
+
+use std::sync::Arc;
+
+use wharf_control::auth::Scope;
+use wharf_control::logs::MemoryLogs;
+use wharf_control::store::Store;
+use wharf_control::{ControlPlane, NoRuntime, Settings};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_errors_or_schema_violations() {
+    let found = std::process::Command::new("schemathesis")
+        .arg("--version")
+        .output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "schemathesis is not installed: run scripts/test (or `pip install schemathesis`)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}/c.db", dir.path().display()))
+        .await
+        .unwrap();
+    let cp = ControlPlane::new(
+        store,
+        Arc::new(NoRuntime::default()),
+        Arc::new(MemoryLogs::default()),
+        Settings::default(),
+    )
+    .await
+    .unwrap();
+    let token = cp
+        .create_token(Scope::admin(), "schemathesis", "st@example.com")
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = cp.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let out = tokio::process::Command::new("schemathesis")
+        .args(["run", &format!("http://{addr}/openapi.json")])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+        .args(["--phases", "examples,coverage,fuzzing", "-n", "10", "-w", "1"])
+        // The long-poll waits by design; it has its own test.
+        .args(["--exclude-path", "/v1/snapshot"])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("passed"), "{text}");
+}
