@@ -54,7 +54,7 @@ worker_processes $WORKERS; daemon off; pid $work/nx/pid; error_log $work/nx/erro
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   upstream dyno { server 127.0.0.1:$UP; keepalive 128; }
-  server { listen 127.0.0.1:$N_HTTP; listen 127.0.0.1:$N_HTTPS ssl; http2 on;
+  server { listen 127.0.0.1:$N_HTTP; listen 127.0.0.1:$N_HTTPS ssl http2;
     ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem; ssl_protocols TLSv1.2 TLSv1.3;
     location / { proxy_pass http://dyno; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Request-Id \$request_id; } } }
@@ -65,7 +65,7 @@ nginx -c "$work/nx/nginx.conf" -p "$work/nx" & pids+=($!)
 cat > "$work/haproxy.cfg" <<HAP
 global
   nbthread $WORKERS
-  maxconn 20000
+  maxconn 4000
 defaults
   mode http
   timeout connect 5s
@@ -133,7 +133,7 @@ RUST_LOG=warn "$wharf" router --config "$work/wharf.toml" --https 127.0.0.1:$W_H
 for port in $UP $N_HTTP $N_HTTPS $H_HTTP $H_HTTPS $W_HTTP $W_HTTPS; do
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
-curl -sf --resolve "$HOST:$W_HTTPS:127.0.0.1" -k "https://127.0.0.1:$W_HTTPS/" >/dev/null || { cat "$work/wharf.log"; exit 1; }
+curl -sf --resolve "$HOST:$W_HTTPS:127.0.0.1" -k "https://$HOST:$W_HTTPS/" >/dev/null || { cat "$work/wharf.log"; exit 1; }
 
 # wrk → "rps p50_ms p99_ms"
 run_wrk() {
