@@ -23,24 +23,33 @@ pub struct RouterArgs {
     #[arg(long, default_value = "0.0.0.0:8443", env = "WHARF_HTTPS")]
     pub https: SocketAddr,
     /// Public HTTP listener (redirects to HTTPS); `none` to disable.
-    #[arg(long, default_value = "0.0.0.0:8080", env = "WHARF_HTTP", value_parser = opt_addr)]
-    pub http: Option<SocketAddr>,
+    #[arg(long, default_value = "0.0.0.0:8080", env = "WHARF_HTTP")]
+    pub http: Listen,
     /// Internal listener for internal spaces and sites; `none` to disable.
-    #[arg(long, default_value = "127.0.0.1:8081", env = "WHARF_INTERNAL", value_parser = opt_addr)]
-    pub internal: Option<SocketAddr>,
+    #[arg(long, default_value = "127.0.0.1:8081", env = "WHARF_INTERNAL")]
+    pub internal: Listen,
     /// Admin listener (/metrics, /healthz); `none` to disable.
-    #[arg(long, default_value = "127.0.0.1:9090", env = "WHARF_ADMIN", value_parser = opt_addr)]
-    pub admin: Option<SocketAddr>,
+    #[arg(long, default_value = "127.0.0.1:9090", env = "WHARF_ADMIN")]
+    pub admin: Listen,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
 }
 
-fn opt_addr(s: &str) -> Result<Option<SocketAddr>, String> {
-    if s == "none" {
-        Ok(None)
-    } else {
-        s.parse().map(Some).map_err(|e| format!("{s:?}: {e}"))
+/// A listener address, or `none`.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            Ok(Listen(None))
+        } else {
+            s.parse()
+                .map(|a| Listen(Some(a)))
+                .map_err(|e| format!("{s:?}: {e}"))
+        }
     }
 }
 
@@ -61,9 +70,9 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         wharf_router::Handle::start(
             wharf_router::Options {
                 https: Some(args.https),
-                http: args.http,
-                internal: args.internal,
-                admin: args.admin,
+                http: args.http.0,
+                internal: args.internal.0,
+                admin: args.admin.0,
                 threads: args.threads,
             },
             table,
