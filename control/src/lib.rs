@@ -35,6 +35,7 @@ pub mod auth;
 pub mod error;
 pub mod logs;
 pub mod openapi;
+pub mod rendezvous;
 pub mod snapshot;
 pub mod store;
 
@@ -67,6 +68,8 @@ pub struct Settings {
     pub log_session_ttl_secs: u64,
     /// Longest `GET /v1/snapshot` long-poll.
     pub max_poll_secs: u64,
+    /// The TLS rendezvous socket for attached one-off dynos (`heroku run`); none: no attach.
+    pub rendezvous: Option<rendezvous::RendezvousConfig>,
 }
 
 impl Default for Settings {
@@ -79,6 +82,7 @@ impl Default for Settings {
             public_url: None,
             log_session_ttl_secs: 600,
             max_poll_secs: 60,
+            rendezvous: None,
         }
     }
 }
@@ -93,6 +97,8 @@ pub enum ControlError {
     Invalid(wharf_config::Problems),
     #[error("{0}")]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    Rendezvous(#[from] rendezvous::RendezvousError),
 }
 
 /// The control plane: cheap to clone; the axum state of every handler.
@@ -105,6 +111,7 @@ struct Inner {
     logs: Arc<dyn LogSource>,
     settings: Settings,
     snapshot: watch::Sender<Arc<Validated>>,
+    rendezvous: Option<rendezvous::Rendezvous>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -133,6 +140,10 @@ impl ControlPlane {
         let valid = wharf_config::validate(current).map_err(ControlError::Invalid)?;
         let desired = snapshot::desired(&mut conn).await?;
         drop(conn);
+        let rendezvous = match &settings.rendezvous {
+            Some(cfg) => Some(rendezvous::Rendezvous::start(cfg).await?),
+            None => None,
+        };
         let (tx, _) = watch::channel(Arc::new(valid));
         let cp = ControlPlane(Arc::new(Inner {
             store,
@@ -140,6 +151,7 @@ impl ControlPlane {
             logs,
             settings,
             snapshot: tx,
+            rendezvous,
         }));
         let default_space = cp.0.settings.default_space.clone();
         api::spaces::ensure_space(&cp, &default_space).await?;
@@ -160,6 +172,10 @@ impl ControlPlane {
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.0.runtime
+    }
+
+    pub fn rendezvous(&self) -> Option<&rendezvous::Rendezvous> {
+        self.0.rendezvous.as_ref()
     }
 
     pub fn log_source(&self) -> &Arc<dyn LogSource> {

@@ -10,8 +10,50 @@ use tokio::io::AsyncReadExt;
 use wharf_config::{LineSink, LogLine, Source};
 use wharf_control::auth::Scope;
 use wharf_control::logs::MemoryLogs;
+use wharf_control::rendezvous::RendezvousConfig;
 use wharf_control::store::Store;
 use wharf_control::{ControlPlane, NoRuntime, Settings};
+use wharf_runtime::{
+    DesiredState, DynoStatus, RunHandle, RunRequest, Runtime, RuntimeError, RuntimeEvent,
+};
+
+/// Runs nothing, except one-offs, which echo their command.
+#[derive(Debug, Default)]
+struct EchoRuntime(NoRuntime);
+
+#[async_trait::async_trait]
+impl Runtime for EchoRuntime {
+    async fn converge(&self, d: DesiredState) -> Result<(), RuntimeError> {
+        self.0.converge(d).await
+    }
+    fn dynos(&self) -> Vec<DynoStatus> {
+        Vec::new()
+    }
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.changes()
+    }
+    fn events(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
+        self.0.events()
+    }
+    async fn run(&self, _app: &str, r: RunRequest) -> Result<RunHandle, RuntimeError> {
+        let (tx, output) = tokio::sync::mpsc::channel(8);
+        let (etx, exit) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(format!("ran: {}", r.command)).await;
+            drop(tx);
+            let _ = etx.send(Some(0));
+        });
+        Ok(RunHandle {
+            dyno: "run.1".into(),
+            output,
+            exit,
+        })
+    }
+    async fn restart(&self, _a: &str, _w: Option<&str>) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    async fn shutdown(&self) {}
+}
 
 fn heroku_bin() -> PathBuf {
     match std::env::var_os("WHARF_HEROKU_CLI") {
@@ -26,6 +68,7 @@ struct Heroku {
     url: String,
     token: String,
     home: tempfile::TempDir,
+    ca: PathBuf,
 }
 
 impl Heroku {
@@ -40,6 +83,7 @@ impl Heroku {
             .env("DISABLE_TELEMETRY", "true")
             .env("NO_COLOR", "1")
             .env("HOME", self.home.path())
+            .env("NODE_EXTRA_CA_CERTS", &self.ca)
             .current_dir(self.home.path())
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -85,11 +129,24 @@ async fn stock_heroku_cli_works_unchanged() {
         .await
         .unwrap();
     let logs = Arc::new(MemoryLogs::default());
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let ca_file = dir.path().join("rendezvous.pem");
+    std::fs::write(&ca_file, cert.cert.pem()).unwrap();
+    let settings = Settings {
+        rendezvous: Some(RendezvousConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            public_host: "127.0.0.1".into(),
+            cert_pem: cert.cert.pem(),
+            key_pem: cert.signing_key.serialize_pem(),
+        }),
+        ..Settings::default()
+    };
     let cp = ControlPlane::new(
         store,
-        Arc::new(NoRuntime::default()),
+        Arc::new(EchoRuntime::default()),
         logs.clone(),
-        Settings::default(),
+        settings,
     )
     .await
     .unwrap();
@@ -106,6 +163,7 @@ async fn stock_heroku_cli_works_unchanged() {
         url: format!("http://{addr}"),
         token,
         home: tempfile::tempdir().unwrap(),
+        ca: ca_file,
     };
 
     let out = h.ok(&["apps:create", "demo"]).await;
@@ -146,6 +204,9 @@ async fn stock_heroku_cli_works_unchanged() {
     logs.send(line("demo-default", "hello from history"));
     let out = h.ok(&["logs", "-n", "5", "-a", "demo"]).await;
     assert!(out.contains("app[web.1]: hello from history"), "{out}");
+
+    let out = h.ok(&["run", "-a", "demo", "echo", "hi"]).await;
+    assert!(out.contains("ran: echo hi"), "{out}");
 
     // --tail: keep sending until the streamed line shows up (bounded), then stop the CLI.
     let mut child = h

@@ -3,15 +3,18 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use wharf_runtime::DynoStatus;
+use wharf_runtime::RunRequest;
 
 use super::apps::load;
-use super::{json, paginate, ts};
+use super::{Body, json, paginate, ts};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{AppRow, FormationRow, sha256_hex};
+use crate::store::{AppRow, FormationRow, new_id, new_secret, now_us, sha256_hex};
 
 fn dyno_json(a: &AppRow, d: &DynoStatus, f: Option<&FormationRow>) -> Value {
     let state = serde_json::to_value(d.state).unwrap_or(Value::Null);
@@ -106,4 +109,74 @@ pub async fn restart(
         .await
         .map_err(|e| ApiError::Conflict(e.to_string()))?;
     Ok(json(StatusCode::ACCEPTED, json!({})))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RunDyno {
+    pub command: String,
+    #[serde(default)]
+    pub attach: bool,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub size: Option<String>,
+}
+
+/// `POST /apps/{app}/dynos`: a one-off dyno on the current release. Attached, its output is
+/// served once at the returned `attach_url` (the rendezvous socket).
+pub async fn create(
+    State(cp): State<ControlPlane>,
+    caller: Caller,
+    Path(app): Path<String>,
+    Body(body): Body<RunDyno>,
+) -> ApiResult<Response> {
+    let a = load(&cp, &caller, &app).await?;
+    if body.command.trim().is_empty() || body.command.contains('\0') {
+        return Err(ApiError::invalid("command", "must not be empty"));
+    }
+    if body.attach && cp.rendezvous().is_none() {
+        return Err(ApiError::invalid(
+            "attach",
+            "this control plane has no rendezvous socket configured",
+        ));
+    }
+    let handle = cp
+        .runtime()
+        .run(
+            &a.key(),
+            RunRequest {
+                command: body.command.clone(),
+                env: body.env,
+                size: body.size.clone(),
+            },
+        )
+        .await
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    let name = handle.dyno.clone();
+    let attach_url = match cp.rendezvous() {
+        Some(r) if body.attach => Some(r.register(&new_secret(), handle)),
+        _ => {
+            let mut h = handle;
+            tokio::spawn(async move { while h.output.recv().await.is_some() {} });
+            None
+        }
+    };
+    tracing::info!(app = %a.key(), dyno = %name, "one-off dyno started");
+    let now = now_us();
+    Ok(json(
+        StatusCode::CREATED,
+        json!({
+            "id": new_id(),
+            "name": name,
+            "type": "run",
+            "command": body.command,
+            "attach_url": attach_url,
+            "size": body.size.unwrap_or_else(|| "standard-1x".into()),
+            "state": "starting",
+            "app": {"id": a.id, "name": a.key()},
+            "release": null,
+            "created_at": ts(now),
+            "updated_at": ts(now),
+        }),
+    ))
 }

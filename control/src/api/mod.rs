@@ -74,7 +74,9 @@ pub fn router(cp: ControlPlane) -> Router {
         )
         .route(
             "/apps/{app}/dynos",
-            get(dynos::list).delete(dynos::restart_all),
+            get(dynos::list)
+                .post(dynos::create)
+                .delete(dynos::restart_all),
         )
         .route(
             "/apps/{app}/dynos/{dyno}",
