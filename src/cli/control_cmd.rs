@@ -36,6 +36,18 @@ pub struct ControlArgs {
     /// Allow plain http:// log drains (tests, private networks).
     #[arg(long)]
     pub allow_http_drains: bool,
+    /// TLS rendezvous socket for attached one-off dynos (`heroku run`), e.g. 0.0.0.0:5001.
+    #[arg(long, requires_all = ["rendezvous_cert", "rendezvous_key"])]
+    pub rendezvous_listen: Option<SocketAddr>,
+    /// PEM certificate (chain) of the rendezvous socket; clients must trust it.
+    #[arg(long)]
+    pub rendezvous_cert: Option<PathBuf>,
+    /// PEM private key of the rendezvous socket.
+    #[arg(long)]
+    pub rendezvous_key: Option<PathBuf>,
+    /// Host name clients reach the rendezvous socket at (the certificate must name it).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub rendezvous_host: String,
 }
 
 pub fn run(a: ControlArgs) -> anyhow::Result<ExitCode> {
@@ -60,6 +72,19 @@ async fn serve(a: ControlArgs) -> anyhow::Result<ExitCode> {
         ..Settings::default()
     };
     settings.logs.allow_http_drains = a.allow_http_drains;
+    if let (Some(listen), Some(cert), Some(key)) =
+        (a.rendezvous_listen, &a.rendezvous_cert, &a.rendezvous_key)
+    {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        settings.rendezvous = Some(wharf_control::rendezvous::RendezvousConfig {
+            listen,
+            public_host: a.rendezvous_host.clone(),
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        });
+    }
     let cp = ControlPlane::new(
         store,
         Arc::new(NoRuntime::default()),
