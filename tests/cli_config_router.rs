@@ -104,7 +104,7 @@ fn standalone_router_reloads_on_change_and_sighup_and_keeps_serving_on_bad_files
     let text = std::fs::read_to_string(example()).unwrap();
     std::fs::write(&file, &text).unwrap();
     let (https, admin) = (free_port(), free_port());
-    let mut child = wharf()
+    let child = wharf()
         .args(["router", "--config"])
         .arg(&file)
         .args(["--https", &format!("127.0.0.1:{https}"), "--http", "none", "--internal", "none"])

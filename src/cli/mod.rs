@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config_cmd;
-mod logshuttle_cmd;
 mod control_cmd;
+mod logshuttle_cmd;
 mod platform;
 mod router_cmd;
 mod stdout_sink;
+mod up_cmd;
 
 /// Wharf: the edge of an app platform — HTTPS router, log shuttle and control plane.
 #[derive(Debug, Parser)]
@@ -25,6 +26,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole platform in one process: control plane, router, log shuttle, local dynos.
+    Up(up_cmd::UpArgs),
     /// Check and inspect snapshot files.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -40,6 +43,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Up(a) => up_cmd::run(a),
         Command::Config(c) => config_cmd::run(c),
         Command::Router(a) => router_cmd::run(a),
         Command::Logshuttle(a) => logshuttle_cmd::run(a),
@@ -56,6 +60,9 @@ pub fn init_tracing(verbose: u8) {
         1 => "debug",
         _ => "trace",
     };
+    // pingora logs every failed client handshake and upstream error at ERROR; the router's own
+    // lines and metrics carry those, so its internals stay quiet unless RUST_LOG asks.
+    let default = format!("{default},pingora_core::services::listening=off,pingora_proxy=off");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
