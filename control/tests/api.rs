@@ -966,6 +966,17 @@ async fn sites_routes_filters_drains_certs(db: Db) {
         StatusCode::UNPROCESSABLE_ENTITY
     );
     assert_eq!(cp.snapshot().drains.len(), 1);
+    // What the planes load from it: the router serves the site and the app, the shuttle drains.
+    let compiled = wharf_config::compile(&cp.snapshot());
+    assert_eq!(compiled.router.revision, cp.snapshot().revision);
+    assert!(compiled.router.hosts.contains_key("www.example.com"));
+    assert!(
+        compiled
+            .router
+            .hosts
+            .contains_key("api-default.wharf.localhost")
+    );
+    assert!(compiled.shuttle.apps.contains_key("api-default"));
     let r = call(cp, Method::GET, "/apps/api/log-drains", t, None).await;
     let drain = r.body[0]["id"].as_str().unwrap().to_owned();
     assert_eq!(
