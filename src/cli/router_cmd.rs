@@ -53,7 +53,7 @@ impl std::str::FromStr for Listen {
     }
 }
 
-fn mtime(p: &PathBuf) -> Option<SystemTime> {
+fn mtime(p: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
@@ -119,7 +119,7 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn reload(router: &wharf_router::Handle, file: &PathBuf, why: &str) {
+fn reload(router: &wharf_router::Handle, file: &std::path::Path, why: &str) {
     match load_file(file) {
         Err(e) => {
             tracing::error!(error = %e, why, "reload failed; the running table keeps serving")
