@@ -1,0 +1,394 @@
+//! The newcomer's walk-through against a real `wharf up` (embedded mode): every step through
+//! the `wharf` CLI, curl over HTTPS trusting the local CA, and real dynos of the example app.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Up {
+    child: Option<Child>,
+    data: PathBuf,
+    api: String,
+    https: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Up {
+    fn start() -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let log = dir.path().join("up.log");
+        let (api, https, admin) = (free_port(), free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["up", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--api",
+                &format!("127.0.0.1:{api}"),
+                "--https",
+                &format!("127.0.0.1:{https}"),
+            ])
+            .args([
+                "--http",
+                "none",
+                "--internal",
+                "none",
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let up = Up {
+            child: Some(child),
+            data,
+            api: format!("http://127.0.0.1:{api}"),
+            https,
+            log,
+            _dir: dir,
+        };
+        up.wait_log("Wharf is up.", Duration::from_secs(120));
+        up
+    }
+
+    fn log_text(&self) -> String {
+        let mut s = String::new();
+        std::fs::File::open(&self.log)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    }
+
+    fn wait_log(&self, needle: &str, within: Duration) {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{needle:?} not in the log:\n{}", self.log_text());
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(args)
+            .env("WHARF_API_URL", &self.api)
+            .env("WHARF_API_TOKEN", self.token())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "wharf {args:?} failed:\n{text}");
+        text
+    }
+
+    /// `wharf deploy`-equivalent through the API: a build from a directory.
+    fn deploy(&self, app: &str, dir: &Path) {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-f",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+            ])
+            .args(["-H", &format!("Authorization: Bearer {}", self.token())])
+            .arg(format!("{}/apps/{app}/builds", self.api))
+            .arg("-d")
+            .arg(format!(
+                "{{\"source_blob\":{{\"url\":\"file://{}\"}}}}",
+                dir.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// GET through the router over HTTPS, trusting the local CA; (status, body).
+    fn get(&self, host: &str, path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(self.data.join("ca.pem"))
+            .args(["--resolve", &format!("{host}:{}:127.0.0.1", self.https)])
+            .arg(format!("https://{host}:{}{path}", self.https))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    fn wait_get(&self, host: &str, path: &str, want: impl Fn(u16, &str) -> bool) -> String {
+        let end = Instant::now() + Duration::from_secs(90);
+        let mut last = (0, String::new());
+        while Instant::now() < end {
+            last = self.get(host, path);
+            if want(last.0, &last.1) {
+                return last.1;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "{host}{path}: never as wanted; last {last:?}\n{}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let end = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < end {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+        }
+    }
+}
+
+/// A private copy of the example app, so this test's dynos can be told apart by directory.
+fn example(into: &Path) -> PathBuf {
+    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello"));
+    std::fs::create_dir_all(into).unwrap();
+    for f in ["app.py", "Procfile"] {
+        std::fs::copy(src.join(f), into.join(f)).unwrap();
+    }
+    into.canonicalize().unwrap()
+}
+
+/// Processes whose working directory is under `dir`.
+fn dynos_of(dir: &Path) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
+        .count()
+}
+
+#[test]
+fn walkthrough_embedded() {
+    let up = Up::start();
+    let text = up.log_text();
+    assert!(
+        text.contains("[6/6] platform API") && text.contains("admin token  wharf_"),
+        "{text}"
+    );
+
+    up.cli(&["spaces:create", "prod"]);
+    up.cli(&["apps:create", "hello", "-s", "prod"]);
+    let apps_root = tempfile::tempdir().unwrap();
+    let apps_dir = apps_root.path().join("apps");
+    let hello_dir = example(&apps_dir.join("hello"));
+    up.deploy("hello-prod", &hello_dir);
+    let host = "hello-prod.wharf.localhost";
+    let body = up.wait_get(host, "/first", |s, _| s == 200);
+    assert!(body.contains("\"dyno\": \"web.1\""), "{body}");
+
+    // Logs: the router's line and the app's own line for the same request.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = up.cli(&["logs", "-a", "hello-prod", "-n", "100"]);
+        if logs.contains("heroku[router]: at=info method=GET path=\"/first\"")
+            && logs.contains("app[web.1]: request method=GET path=/first")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "router and app lines missing:\n{logs}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Scale to 3: round-robin over all of them.
+    up.cli(&["ps:scale", "web=3", "-a", "hello-prod"]);
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen: std::collections::HashSet<String> = (0..6)
+            .map(|_| up.get(host, "/").1)
+            .filter_map(|b| b.split("\"dyno\": \"").nth(1).map(|r| r[..5].to_owned()))
+            .collect();
+        if seen.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < end, "never saw 3 dynos: {seen:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // config:set makes a release and rolls it while a bounded load loop runs: 0 failed requests.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let loader = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let (ca, https) = (up.data.join("ca.pem"), up.https);
+        std::thread::spawn(move || {
+            for _ in 0..5000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let out = Command::new("curl")
+                    .args([
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--max-time",
+                        "20",
+                        "--cacert",
+                    ])
+                    .arg(&ca)
+                    .args(["--resolve", &format!("{host}:{https}:127.0.0.1")])
+                    .arg(format!("https://{host}:{https}/load"))
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&out.stdout) == "200" {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    up.cli(&["config:set", "GREETING=rolled", "-a", "hello-prod"]);
+    up.wait_get(host, "/", |s, b| s == 200 && b.contains("rolled"));
+    // Let the old dynos drain and stop under load too.
+    let settle = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    loader.join().unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the rolling deploy ({} ok)",
+        ok.load(Ordering::Relaxed)
+    );
+    assert!(ok.load(Ordering::Relaxed) > 10);
+
+    // Rollback to the release before the config change.
+    let releases = up.cli(&["releases", "-a", "hello-prod"]);
+    assert!(releases.contains("v3"), "{releases}");
+    up.cli(&["releases:rollback", "v2", "-a", "hello-prod"]);
+    up.wait_get(host, "/", |s, b| s == 200 && b.contains("hello from wharf"));
+
+    // A site with two apps on path routes.
+    up.cli(&["apps:create", "api", "-s", "prod"]);
+    up.deploy("api-prod", &example(&apps_dir.join("api")));
+    up.wait_get("api-prod.wharf.localhost", "/", |s, _| s == 200);
+    up.cli(&["sites:create", "shop.wharf.localhost"]);
+    up.cli(&[
+        "routes:create",
+        "/",
+        "/",
+        "-a",
+        "hello-prod",
+        "-s",
+        "shop.wharf.localhost",
+    ]);
+    up.cli(&[
+        "routes:create",
+        "/api",
+        "/v1",
+        "-a",
+        "api-prod",
+        "-s",
+        "shop.wharf.localhost",
+    ]);
+    let body = up.wait_get("shop.wharf.localhost", "/api/users?x=1", |s, _| s == 200);
+    assert!(body.contains("\"path\": \"/v1/users?x=1\""), "{body}");
+    let body = up.wait_get("shop.wharf.localhost", "/apiary", |s, _| s == 200);
+    assert!(body.contains("\"path\": \"/apiary\""), "{body}");
+
+    // A JWT filter attached to the api app: no token, no entry.
+    up.cli(&[
+        "filters:create",
+        "staff",
+        "-t",
+        "jwt",
+        "--jwt-issuer",
+        "https://auth.example.com/",
+        "--jwt-jwks-uri",
+        "https://auth.example.com/jwks.json",
+        "--jwt-audiences",
+        "api",
+    ]);
+    up.cli(&["filters:attach", "staff", "-a", "api-prod"]);
+    up.wait_get("api-prod.wharf.localhost", "/", |s, _| s == 401);
+
+    // Delete an app: its dynos, its routes and its host are gone.
+    assert!(dynos_of(&hello_dir) >= 3, "hello runs 3 web dynos");
+    up.cli(&[
+        "apps:destroy",
+        "-a",
+        "hello-prod",
+        "--confirm",
+        "hello-prod",
+    ]);
+    up.wait_get(host, "/", |s, _| s == 404);
+    up.wait_get("shop.wharf.localhost", "/", |s, _| s == 404);
+    let end = Instant::now() + Duration::from_secs(60);
+    while dynos_of(&hello_dir) > 0 {
+        assert!(Instant::now() < end, "hello's dynos still running");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(dynos_of(&apps_dir) > 0, "api keeps running");
+    // Ctrl-C stops every dyno.
+    drop(up);
+    let end = Instant::now() + Duration::from_secs(30);
+    while dynos_of(&apps_dir) > 0 {
+        assert!(Instant::now() < end, "dynos left behind after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
