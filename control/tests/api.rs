@@ -79,6 +79,33 @@ struct Env {
     runtime: Arc<FakeRuntime>,
     logs: Arc<MemoryLogs>,
     _dir: tempfile::TempDir,
+    _schema: Option<PgSchema>,
+}
+
+/// A PostgreSQL schema dropped when the test ends.
+struct PgSchema(String);
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let schema = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(pool) =
+                    sqlx::AnyPool::connect("postgres://postgres@127.0.0.1:5432/test").await
+                {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .execute(&pool)
+                        .await;
+                    pool.close().await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -87,11 +114,14 @@ enum Db {
     Postgres,
 }
 
-async fn store(db: Db, dir: &tempfile::TempDir) -> Store {
+async fn store(db: Db, dir: &tempfile::TempDir) -> (Store, Option<PgSchema>) {
     match db {
-        Db::Sqlite => Store::open(&format!("sqlite://{}/wharf.db", dir.path().display()))
-            .await
-            .unwrap(),
+        Db::Sqlite => (
+            Store::open(&format!("sqlite://{}/wharf.db", dir.path().display()))
+                .await
+                .unwrap(),
+            None,
+        ),
         Db::Postgres => {
             let base = "postgres://postgres@127.0.0.1:5432/test";
             let schema = format!("wharf_{}", uuid::Uuid::new_v4().simple());
@@ -104,16 +134,17 @@ async fn store(db: Db, dir: &tempfile::TempDir) -> Store {
                 .await
                 .unwrap();
             pool.close().await;
-            Store::open(&format!("{base}?options=-c%20search_path%3D{schema}"))
+            let store = Store::open(&format!("{base}?options=-c%20search_path%3D{schema}"))
                 .await
-                .unwrap()
+                .unwrap();
+            (store, Some(PgSchema(schema)))
         }
     }
 }
 
 async fn env(db: Db) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(db, &dir).await;
+    let (store, schema) = store(db, &dir).await;
     let runtime = Arc::new(FakeRuntime::new());
     let logs = Arc::new(MemoryLogs::default());
     let settings = Settings {
@@ -133,6 +164,7 @@ async fn env(db: Db) -> Env {
         runtime,
         logs,
         _dir: dir,
+        _schema: schema,
     }
 }
 
@@ -1357,4 +1389,57 @@ async fn openapi_operations_are_all_mounted() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// After a restart the stored state is published again and the runtime converges to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/wharf.db", dir.path().display());
+    let rev = {
+        let store = Store::open(&url).await.unwrap();
+        let cp = ControlPlane::new(
+            store,
+            Arc::new(FakeRuntime::new()),
+            Arc::new(MemoryLogs::default()),
+            Settings::default(),
+        )
+        .await
+        .unwrap();
+        let t = cp
+            .create_token(Scope::admin(), "a", "a@example.com")
+            .await
+            .unwrap();
+        call(&cp, Method::POST, "/apps", &t, Some(json!({"name": "api"}))).await;
+        let r = call(
+            &cp,
+            Method::POST,
+            "/apps/api/builds",
+            &t,
+            Some(json!({"source_blob": {"url": "command:sleep 1000"}})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        let rev = cp.snapshot().revision;
+        cp.store().close().await;
+        rev
+    };
+    let store = Store::open(&url).await.unwrap();
+    let runtime = Arc::new(FakeRuntime::new());
+    let cp = ControlPlane::new(
+        store,
+        runtime.clone(),
+        Arc::new(MemoryLogs::default()),
+        Settings::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cp.snapshot().revision, rev);
+    assert_eq!(cp.snapshot().apps[0].release, Some(2));
+    let desired = runtime.desired.lock().unwrap().clone();
+    assert_eq!(desired.apps.len(), 1);
+    assert_eq!(
+        desired.apps[0].artifact,
+        wharf_config::Artifact::Command("sleep 1000".into())
+    );
 }
