@@ -107,31 +107,17 @@ impl Up {
         text
     }
 
-    /// `wharf deploy`-equivalent through the API: a build from a directory.
-    fn deploy(&self, app: &str, dir: &Path) {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-f",
-                "-X",
-                "POST",
-                "-H",
-                "content-type: application/json",
-            ])
-            .args(["-H", &format!("Authorization: Bearer {}", self.token())])
-            .arg(format!("{}/apps/{app}/builds", self.api))
-            .arg("-d")
-            .arg(format!(
-                "{{\"source_blob\":{{\"url\":\"file://{}\"}}}}",
-                dir.display()
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "build failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    /// `wharf deploy -a APP DIR`: packs, runs bin/build, releases. Returns its output.
+    fn deploy(&self, app: &str, dir: &Path, slugs: &Path) -> String {
+        let slugs = slugs.to_str().unwrap();
+        self.cli(&[
+            "deploy",
+            "-a",
+            app,
+            dir.to_str().unwrap(),
+            "--slug-dir",
+            slugs,
+        ])
     }
 
     /// GET through the router over HTTPS, trusting the local CA; (status, body).
@@ -190,14 +176,8 @@ impl Drop for Up {
     }
 }
 
-/// A private copy of the example app, so this test's dynos can be told apart by directory.
-fn example(into: &Path) -> PathBuf {
-    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello"));
-    std::fs::create_dir_all(into).unwrap();
-    for f in ["app.py", "Procfile"] {
-        std::fs::copy(src.join(f), into.join(f)).unwrap();
-    }
-    into.canonicalize().unwrap()
+fn example() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello"))
 }
 
 /// Processes whose working directory is under `dir`.
@@ -226,10 +206,16 @@ fn walkthrough_embedded() {
 
     up.cli(&["spaces:create", "prod"]);
     up.cli(&["apps:create", "hello", "-s", "prod"]);
+    // Slugs live in a directory of this test, so its dynos can be told apart by directory.
     let apps_root = tempfile::tempdir().unwrap();
-    let apps_dir = apps_root.path().join("apps");
-    let hello_dir = example(&apps_dir.join("hello"));
-    up.deploy("hello-prod", &hello_dir);
+    let apps_dir = apps_root.path().canonicalize().unwrap().join("slugs");
+    let hello_dir = apps_dir.join("hello-prod");
+    let out = up.deploy("hello-prod", &example(), &apps_dir);
+    assert!(
+        out.contains("-----> Running bin/build") && out.contains("nothing to compile"),
+        "{out}"
+    );
+    assert!(out.contains("-----> Released v"), "{out}");
     let host = "hello-prod.wharf.localhost";
     let body = up.wait_get(host, "/first", |s, _| s == 200);
     assert!(body.contains("\"dyno\": \"web.1\""), "{body}");
@@ -325,7 +311,7 @@ fn walkthrough_embedded() {
 
     // A site with two apps on path routes.
     up.cli(&["apps:create", "api", "-s", "prod"]);
-    up.deploy("api-prod", &example(&apps_dir.join("api")));
+    up.deploy("api-prod", &example(), &apps_dir);
     up.wait_get("api-prod.wharf.localhost", "/", |s, _| s == 200);
     up.cli(&["sites:create", "shop.wharf.localhost"]);
     up.cli(&[

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod config_cmd;
 mod control_cmd;
+mod deploy_cmd;
 mod logshuttle_cmd;
 mod platform;
 mod router_cmd;
@@ -28,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// The whole platform in one process: control plane, router, log shuttle, local dynos.
     Up(up_cmd::UpArgs),
+    /// Deploy a directory (Procfile, optional bin/build) or an image to an app.
+    Deploy(deploy_cmd::DeployArgs),
     /// Check and inspect snapshot files.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -44,6 +47,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(a) => up_cmd::run(a),
+        Command::Deploy(d) => deploy_cmd::run(d),
         Command::Config(c) => config_cmd::run(c),
         Command::Router(a) => router_cmd::run(a),
         Command::Logshuttle(a) => logshuttle_cmd::run(a),

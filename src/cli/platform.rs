@@ -304,7 +304,7 @@ pub enum PlatformCommand {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
@@ -320,7 +320,7 @@ fn config_file(c: &Conn) -> Option<Value> {
 }
 
 impl Client {
-    fn new(c: &Conn) -> anyhow::Result<Client> {
+    pub(crate) fn new(c: &Conn) -> anyhow::Result<Client> {
         let file = config_file(c);
         let from_file = |k: &str| {
             file.as_ref()
@@ -389,7 +389,7 @@ impl Client {
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(reqwest::Method::GET, path, None, None).await
     }
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.send(reqwest::Method::POST, path, Some(body), None)
             .await
     }
