@@ -176,6 +176,87 @@ impl Drop for Up {
     }
 }
 
+/// rsyslogd receiving a syslog TCP drain (octet-counted), writing each raw message as a line.
+struct Rsyslog {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Rsyslog {
+    fn start() -> Rsyslog {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let out = dir.path().join("drain.log");
+        let port_file = dir.path().join("port");
+        let conf = dir.path().join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "global(workDirectory=\"{d}\" maxMessageSize=\"128k\")\n\
+                 template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
+                 module(load=\"imtcp\")\n\
+                 input(type=\"imtcp\" address=\"127.0.0.1\" port=\"0\" listenPortFileName=\"{}\" ruleset=\"out\")\n\
+                 ruleset(name=\"out\") {{ action(type=\"omfile\" file=\"{}\" template=\"raw\" flushOnTXEnd=\"on\" asyncWriting=\"off\") }}\n",
+                port_file.display(),
+                out.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("rsyslogd")
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-i")
+            .arg(dir.path().join("pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rsyslogd (apt-get install rsyslog)");
+        let end = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
+                break p;
+            }
+            assert!(Instant::now() < end, "rsyslogd did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Rsyslog {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    fn wait_for(&self, needle: &str) -> String {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+                return l.to_owned();
+            }
+            assert!(
+                Instant::now() < end,
+                "{needle:?} never reached rsyslog:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn example() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello"))
 }
@@ -235,6 +316,41 @@ fn walkthrough_embedded() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+
+    // A syslog drain to a real rsyslog receiver gets the router's and the app's lines too.
+    let rsyslog = Rsyslog::start();
+    up.cli(&[
+        "drains:add",
+        &format!("syslog+tcp://127.0.0.1:{}", rsyslog.port),
+        "-a",
+        "hello-prod",
+    ]);
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    let (router_line, app_line) = loop {
+        n += 1;
+        up.get(host, &format!("/drained-{n}"));
+        let text = std::fs::read_to_string(&rsyslog.out).unwrap_or_default();
+        let r = text
+            .lines()
+            .find(|l| l.contains("router - - at=info method=GET path=\"/drained-"))
+            .map(str::to_owned);
+        let a = text
+            .lines()
+            .find(|l| l.contains("web.1 - - request method=GET path=/drained-"))
+            .map(str::to_owned);
+        if let (Some(r), Some(a)) = (r, a) {
+            break (r, a);
+        }
+        assert!(Instant::now() < end, "drain lines missing:\n{text}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        router_line.starts_with("<158>1 ") || router_line.starts_with("<190>1 "),
+        "{router_line}"
+    );
+    assert!(app_line.starts_with("<190>1 "), "{app_line}");
+    rsyslog.wait_for("heroku router - - at=info");
 
     // Scale to 3: round-robin over all of them.
     up.cli(&["ps:scale", "web=3", "-a", "hello-prod"]);
