@@ -26,7 +26,7 @@ struct Up {
 }
 
 impl Up {
-    fn start() -> Up {
+    fn start(extra: &[String]) -> Up {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let log = dir.path().join("up.log");
@@ -278,7 +278,124 @@ fn dynos_of(dir: &Path) -> usize {
 
 #[test]
 fn walkthrough_embedded() {
-    let up = Up::start();
+    walkthrough(&[]);
+}
+
+/// A real Kafka-protocol broker (tansu with sqlite storage) in a temp dir.
+struct Tansu {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Tansu {
+    fn start() -> Tansu {
+        let bin = std::env::split_paths(&std::env::var("PATH").unwrap_or_default())
+            .map(|d| d.join("tansu"))
+            .chain(
+                std::env::var("HOME")
+                    .ok()
+                    .map(|h| PathBuf::from(h).join(".cargo/bin/tansu")),
+            )
+            .find(|p| p.is_file())
+            .expect("tansu: scripts/deps.sh installs it");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .current_dir(dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "tansu did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Tansu {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A database of its own on the PostgreSQL at 127.0.0.1:5432, dropped afterwards.
+struct Database(String);
+
+impl Database {
+    fn create() -> Database {
+        let name = format!("wharf_up_{}_{}", std::process::id(), free_port());
+        let ok = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-qc",
+                &format!("create database {name}"),
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "PostgreSQL on 127.0.0.1:5432 (scripts/test starts it)");
+        Database(name)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.0)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+            .arg(format!("drop database if exists {} with (force)", self.0))
+            .status();
+    }
+}
+
+#[test]
+fn walkthrough_postgres_and_kafka() {
+    let db = Database::create();
+    let kafka = Tansu::start();
+    walkthrough(&[
+        "--database-url".into(),
+        db.url(),
+        "--kafka".into(),
+        format!("127.0.0.1:{}", kafka.port),
+    ]);
+}
+
+fn walkthrough(extra: &[String]) {
+    let up = Up::start(extra);
+    let engines = up.log_text();
+    if extra.iter().any(|a| a == "--kafka") {
+        assert!(engines.contains("log shuttle (Kafka bus)"), "{engines}");
+    }
+    if extra.iter().any(|a| a == "--database-url") {
+        assert!(engines.contains("control plane (PostgreSQL)"), "{engines}");
+    }
     let text = up.log_text();
     assert!(
         text.contains("[6/6] platform API") && text.contains("admin token  wharf_"),
