@@ -12,6 +12,12 @@ use wharf_logshuttle::{BusChoice, KafkaOptions, Options, Shuttle};
 
 #[tokio::main]
 async fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let mut args = std::env::args().skip(1);
     let mut drains = Vec::new();
     let mut port_file = None;

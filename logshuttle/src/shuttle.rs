@@ -92,6 +92,8 @@ pub struct ApplyReport {
 }
 
 struct AppRoute {
+    /// Compliance `socs`: redact secret-looking values before anything sees the line.
+    socs: bool,
     drains: Vec<Arc<DrainQueue>>,
     stream: Arc<AppStream>,
 }
@@ -265,7 +267,13 @@ async fn dispatcher(
                         .ingest_lines
                         .with_label_values(&[&c.line.app])
                         .inc();
-                    let line = Arc::new(c.line);
+                    let mut line = c.line;
+                    if r.socs
+                        && let Some(red) = wire::redact_secrets(&line.line)
+                    {
+                        line.line = red;
+                    }
+                    let line = Arc::new(line);
                     for q in &r.drains {
                         q.push(Item {
                             line: line.clone(),
@@ -399,6 +407,7 @@ impl Handle {
             routes.insert(
                 key.clone(),
                 AppRoute {
+                    socs: app.socs,
                     drains: qs,
                     stream: stream.clone(),
                 },

@@ -106,6 +106,77 @@ pub fn l10_text(dropped: u64, since_us: i64) -> String {
     )
 }
 
+/// For apps in `socs` spaces: values of secret-looking keys (`password=…`, `token: …`,
+/// `api_key="…"`) and URL passwords (`scheme://user:PASS@`) become `[REDACTED]`.
+pub fn redact_secrets(line: &str) -> Option<String> {
+    const KEYS: [&str; 8] = [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "access_key",
+        "authorization",
+    ];
+    let lower = line.to_ascii_lowercase();
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
+    for key in KEYS {
+        let mut from = 0;
+        while let Some(i) = lower[from..].find(key) {
+            let mut j = from + i + key.len();
+            from = j;
+            let b = lower.as_bytes();
+            while j < b.len() && b[j] == b' ' {
+                j += 1;
+            }
+            if j >= b.len() || !(b[j] == b'=' || b[j] == b':') {
+                continue;
+            }
+            j += 1;
+            while j < b.len() && (b[j] == b' ' || b[j] == b'"' || b[j] == b'\'') {
+                j += 1;
+            }
+            let start = j;
+            while j < b.len() && !matches!(b[j], b' ' | b'"' | b'\'' | b',' | b';' | b'&') {
+                j += 1;
+            }
+            if j > start {
+                cuts.push((start, j));
+            }
+        }
+    }
+    // scheme://user:PASS@host
+    let mut from = 0;
+    while let Some(i) = line[from..].find("://") {
+        let auth_start = from + i + 3;
+        from = auth_start;
+        let rest = &line[auth_start..];
+        let end = rest.find(['/', ' ', '"']).unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            cuts.push((auth_start + colon + 1, auth_start + at));
+        }
+    }
+    if cuts.is_empty() {
+        return None;
+    }
+    cuts.sort();
+    let mut out = String::with_capacity(line.len());
+    let mut at = 0;
+    for (a, b) in cuts {
+        if a < at {
+            continue;
+        }
+        out.push_str(&line[at..a]);
+        out.push_str("[REDACTED]");
+        at = b;
+    }
+    out.push_str(&line[at..]);
+    Some(out)
+}
+
 /// A parsed RFC 5424 message, borrowing from the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<'a> {
@@ -468,6 +539,18 @@ mod tests {
         assert!(matches!(d.decode(&mut b), Err(FrameError::TooLarge { .. })));
         let mut b = BytesMut::from(&b"12x4 y"[..]);
         assert!(matches!(d.decode(&mut b), Err(FrameError::BadCount(_))));
+    }
+
+    #[test]
+    fn socs_redaction() {
+        assert_eq!(redact_secrets("plain line"), None);
+        assert_eq!(
+            redact_secrets(
+                "login password=hunter2 user=bob TOKEN: \"abc\" db=postgres://u:pw@h/db"
+            )
+            .unwrap(),
+            "login password=[REDACTED] user=bob TOKEN: \"[REDACTED]\" db=postgres://u:[REDACTED]@h/db"
+        );
     }
 
     #[test]

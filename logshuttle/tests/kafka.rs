@@ -194,14 +194,32 @@ async fn shuttle_killed_mid_stream_and_restarted_loses_nothing_and_keeps_order()
             let mut seen = vec![false; n];
             seq.iter().for_each(|&i| seen[i] = true);
             let missing: Vec<usize> = (0..n).filter(|&i| !seen[i]).collect();
-            eprintln!("{app}: {} received, {} missing, first missing {:?}", seq.len(), missing.len(), missing.first());
+            eprintln!(
+                "{app}: {} received, {} missing, first missing {:?}",
+                seq.len(),
+                missing.len(),
+                missing.first()
+            );
         }
         for l in [&log1, &log2] {
             let text = std::fs::read_to_string(l).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("--- {} (last 40 lines, newest first)\n{}", l.display(), tail.join("\n"));
+            eprintln!(
+                "--- {} (last 40 lines, newest first)\n{}",
+                l.display(),
+                tail.join("\n")
+            );
         }
-        eprintln!("--- tansu\n{}", std::fs::read_to_string(broker.dir.path().join("tansu.log")).unwrap_or_default().lines().rev().take(30).collect::<Vec<_>>().join("\n"));
+        eprintln!(
+            "--- tansu\n{}",
+            std::fs::read_to_string(broker.dir.path().join("tansu.log"))
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     assert!(ok, "every line arrives at least once");
     for (app, seq) in received(&rs) {

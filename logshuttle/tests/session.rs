@@ -270,3 +270,33 @@ async fn lines_of_unknown_apps_are_counted() {
     );
     shuttle.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socs_apps_get_secrets_redacted() {
+    let mut p = plan(
+        vec![app("api", None, vec![]), app("web", None, vec![])],
+        LogSettings::default(),
+    );
+    p.apps.get_mut("api-default").unwrap().socs = true;
+    let shuttle = Shuttle::start(options(), p).await.unwrap();
+    shuttle
+        .sink()
+        .send(line("api-default", "web.1", "connect password=hunter2 ok"));
+    shuttle
+        .sink()
+        .send(line("web-default", "web.1", "connect password=hunter2 ok"));
+    wait_for(30, "both lines", || {
+        shuttle.history("api-default", 1, &Filter::default()).len() == 1
+            && shuttle.history("web-default", 1, &Filter::default()).len() == 1
+    })
+    .await;
+    assert_eq!(
+        shuttle.history("api-default", 1, &Filter::default())[0].line,
+        "connect password=[REDACTED] ok"
+    );
+    assert_eq!(
+        shuttle.history("web-default", 1, &Filter::default())[0].line,
+        "connect password=hunter2 ok"
+    );
+    shuttle.shutdown(Duration::ZERO).await;
+}
