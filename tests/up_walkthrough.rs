@@ -48,6 +48,7 @@ impl Up {
                 "--admin",
                 &format!("127.0.0.1:{admin}"),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -278,7 +279,7 @@ fn dynos_of(dir: &Path) -> usize {
 
 #[test]
 fn walkthrough_embedded() {
-    walkthrough(&[]);
+    walkthrough(&["--dyno-ports".into(), "31000-31999".into()]);
 }
 
 /// A real Kafka-protocol broker (tansu with sqlite storage) in a temp dir.
@@ -380,6 +381,8 @@ fn walkthrough_postgres_and_kafka() {
     let db = Database::create();
     let kafka = Tansu::start();
     walkthrough(&[
+        "--dyno-ports".into(),
+        "32000-32999".into(),
         "--database-url".into(),
         db.url(),
         "--kafka".into(),

@@ -66,6 +66,23 @@ pub struct UpArgs {
     /// Allow plain http:// log drains (local testing).
     #[arg(long)]
     pub allow_http_drains: bool,
+    /// Ports local dynos listen on: START-END.
+    #[arg(long, default_value = "20000-29999", value_parser = port_range)]
+    pub dyno_ports: (u16, u16),
+}
+
+fn port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: use START-END"))?;
+    let (a, b): (u16, u16) = (
+        a.parse().map_err(|e| format!("{a:?}: {e}"))?,
+        b.parse().map_err(|e| format!("{b:?}: {e}"))?,
+    );
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: START must be 1..=END"));
+    }
+    Ok((a, b))
 }
 
 /// Log sessions read from the shuttle's history and live tail.
@@ -162,7 +179,11 @@ async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         },
     );
     let runtime_settings = match a.runtime {
-        RuntimeKind::Local => RuntimeSettings::Local(Default::default()),
+        RuntimeKind::Local => RuntimeSettings::Local(wharf_runtime::settings::LocalSettings {
+            port_start: a.dyno_ports.0,
+            port_end: a.dyno_ports.1,
+            ..Default::default()
+        }),
         RuntimeKind::Kubernetes => RuntimeSettings::Kubernetes(Default::default()),
     };
     let runtime = wharf_runtime::settings::build(&runtime_settings, shuttle.sink())
