@@ -321,6 +321,16 @@ impl Handle {
         &self.shared.metrics
     }
 
+    /// Per-side figures of an app's canary over its abort window, `[stable, canary]`, and
+    /// whether the router aborted it: the in-process view the control plane reads.
+    pub fn canary_figures(&self, app: &str) -> Option<([wharf_config::SideFigures; 2], bool)> {
+        let live = self.shared.live.load();
+        let i = live.table.apps.iter().position(|a| a.key == app)?;
+        let c = live.apps[i].canary.as_ref()?;
+        let now_s = crate::live::now_ms() / 1000;
+        Some((c.stats.figures(now_s), c.stats.aborted()))
+    }
+
     /// Events the router raises on its own (a canary aborted).
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<RouterEvent> {
         self.shared.events.subscribe()

@@ -141,6 +141,10 @@ async fn a_failing_canary_is_aborted_with_its_figures() {
             assert!(z > 2.326, "{z}");
         }
     }
+    assert!(
+        r.canary_figures(&app).unwrap().1,
+        "the in-process view shows the abort"
+    );
     // After the abort, every request goes to stable.
     let seen = count(&c, &url, 100, &[]).await;
     assert_eq!(seen.get("stable").copied(), Some(100), "{seen:?}");
