@@ -209,21 +209,27 @@ impl Bus for KafkaBus {
         let reader_consumer = consumer.clone();
         let reader = tokio::spawn(async move {
             let consumer = reader_consumer;
+            // One stream for the consumer's life: polling fresh `recv()` futures and dropping
+            // them when pending can lose a wake-up under load.
+            let mut stream = consumer.stream();
             loop {
+                use futures::{FutureExt as _, StreamExt as _};
                 let mut batch = Vec::new();
-                let first = consumer.recv().await;
+                let Some(first) = stream.next().await else {
+                    return;
+                };
                 if !take(first, &acker, &metrics, &mut batch) {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
                 while batch.len() < 512 {
-                    match futures::FutureExt::now_or_never(consumer.recv()) {
-                        Some(r) => {
+                    match stream.next().now_or_never() {
+                        Some(Some(r)) => {
                             if !take(r, &acker, &metrics, &mut batch) {
                                 break;
                             }
                         }
-                        None => break,
+                        _ => break,
                     }
                 }
                 if !batch.is_empty() && tx.send(batch).await.is_err() {
