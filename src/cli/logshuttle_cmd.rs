@@ -61,7 +61,9 @@ fn load_plan(file: &PathBuf) -> anyhow::Result<wharf_config::ShuttlePlan> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let plan = load_plan(&args.config)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(serve(args, plan))
 }
 
@@ -80,7 +82,9 @@ async fn serve(args: Args, plan: wharf_config::ShuttlePlan) -> anyhow::Result<Ex
         ca_file: args.ca_file.clone(),
         ..Options::default()
     };
-    let shuttle = Shuttle::start(opts, plan).await.context("cannot start the log shuttle")?;
+    let shuttle = Shuttle::start(opts, plan)
+        .await
+        .context("cannot start the log shuttle")?;
     let mut servers = Vec::new();
     if let Some(addr) = args.http {
         let l = tokio::net::TcpListener::bind(addr)
@@ -91,12 +95,16 @@ async fn serve(args: Args, plan: wharf_config::ShuttlePlan) -> anyhow::Result<Ex
     }
     let mut listeners = Vec::new();
     if let Some(addr) = args.syslog_tcp {
-        let l = shuttle.bind_syslog_tcp(addr, args.syslog_token.clone()).await?;
+        let l = shuttle
+            .bind_syslog_tcp(addr, args.syslog_token.clone())
+            .await?;
         tracing::info!(addr = %l.local_addr(), "syslog TCP ingest listening");
         listeners.push(l);
     }
     if let Some(addr) = args.syslog_udp {
-        let l = shuttle.bind_syslog_udp(addr, args.syslog_token.clone()).await?;
+        let l = shuttle
+            .bind_syslog_udp(addr, args.syslog_token.clone())
+            .await?;
         tracing::info!(addr = %l.local_addr(), "syslog UDP ingest listening");
         listeners.push(l);
     }
@@ -146,6 +154,8 @@ fn reload(shuttle: &Handle, file: &PathBuf, why: &str) {
             kept = r.kept.len(),
             "log shuttle reloaded"
         ),
-        Err(e) => tracing::error!(why, error = %format!("{e:#}"), "reload refused; keeping the running plan"),
+        Err(e) => {
+            tracing::error!(why, error = %format!("{e:#}"), "reload refused; keeping the running plan")
+        }
     }
 }
