@@ -38,6 +38,30 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -addext "subjectAltName=DNS:$HOST,DNS:*.wharf.test" -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 cat "$work/cert.pem" "$work/key.pem" > "$work/both.pem"
 
+# A JWT signing key, its JWKS (served on 127.0.0.1) and a token, for the filtered-route case.
+JWKS=18090
+python3 -c 'import cryptography' 2>/dev/null || pip install -q cryptography
+python3 - "$work" <<'PY'
+import base64, json, sys, time
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+work = sys.argv[1]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+key = ec.generate_private_key(ec.SECP256R1())
+n = key.public_key().public_numbers()
+jwk = {"kty": "EC", "crv": "P-256", "kid": "bench", "alg": "ES256",
+       "x": b64(n.x.to_bytes(32, "big")), "y": b64(n.y.to_bytes(32, "big"))}
+open(f"{work}/jwks.json", "w").write(json.dumps({"keys": [jwk]}))
+head = b64(json.dumps({"alg": "ES256", "typ": "JWT", "kid": "bench"}).encode())
+body = b64(json.dumps({"iss": "https://auth.bench.test/", "aud": "api", "sub": "bench",
+                       "exp": int(time.time()) + 7200}).encode())
+r, s = decode_dss_signature(key.sign(f"{head}.{body}".encode(), ec.ECDSA(hashes.SHA256())))
+open(f"{work}/token", "w").write(f"{head}.{body}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}")
+PY
+TOKEN=$(cat "$work/token")
+(cd "$work" && exec python3 -m http.server "$JWKS" --bind 127.0.0.1 >/dev/null 2>&1) & pids+=($!)
+
 # The upstream: nginx answering a small body, one worker (the same for every proxy).
 mkdir -p "$work/up" "$work/nx"
 cat > "$work/up/nginx.conf" <<NGX
@@ -120,6 +144,65 @@ app = "bench-int"
 release = 1
 process = "web.1"
 address = "127.0.0.1:$UP"
+[[apps]]
+name = "plain"
+space = "prod"
+release = 1
+[[apps]]
+name = "guarded"
+space = "prod"
+release = 1
+[[releases]]
+app = "plain-prod"
+version = 1
+artifact = { image = "bench:1" }
+[[releases]]
+app = "guarded-prod"
+version = 1
+artifact = { image = "bench:1" }
+[[endpoints]]
+app = "plain-prod"
+release = 1
+process = "web.1"
+address = "127.0.0.1:$UP"
+[[endpoints]]
+app = "guarded-prod"
+release = 1
+process = "web.1"
+address = "127.0.0.1:$UP"
+[[sites]]
+domain = "plain.wharf.test"
+[[sites]]
+domain = "guarded.wharf.test"
+[[routes]]
+site = "plain.wharf.test"
+source_path = "/api"
+app = "plain-prod"
+target_path = "/"
+[[routes]]
+site = "guarded.wharf.test"
+source_path = "/api"
+app = "guarded-prod"
+target_path = "/"
+[[filters]]
+type = "jwt"
+name = "auth"
+jwks_uri = "http://127.0.0.1:$JWKS/jwks.json"
+issuer = "https://auth.bench.test/"
+audiences = ["api"]
+algorithms = ["ES256"]
+[[filters]]
+type = "cors"
+name = "web"
+allow_origin = ["https://app.bench.test"]
+allow_methods = ["GET"]
+expose_headers = ["X-Request-Id"]
+[[attachments]]
+app = "guarded-prod"
+filter = "auth"
+[[attachments]]
+app = "guarded-prod"
+filter = "web"
 [[certificates]]
 name = "bench"
 names = ["*.wharf.test"]
@@ -171,5 +254,17 @@ row "http1 keep-alive" "$(run_wrk -H "$H" "http://127.0.0.1:$W_HTTP/")" "$(run_w
 row "tls keep-alive" "$(run_wrk -H "$H" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk -H "$H" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk -H "$H" "https://127.0.0.1:$H_HTTPS/")"
 row "tls new conn/request" "$(run_wrk -H "$H" -H "Connection: close" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk -H "$H" -H "Connection: close" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk -H "$H" -H "Connection: close" "https://127.0.0.1:$H_HTTPS/")"
 row "h2 (h2load, mean/max)" "$(run_h2load "https://127.0.0.1:$W_HTTPS/" --header=":authority: $HOST")" "$(run_h2load "https://127.0.0.1:$N_HTTPS/" --header=":authority: $HOST")" "$(run_h2load "https://127.0.0.1:$H_HTTPS/" --header=":authority: $HOST")"
+
+# Filters: the same site route with JWT + CORS on, against it with none, in this run.
+plain=$(run_wrk -H "Host: plain.wharf.test" "https://127.0.0.1:$W_HTTPS/api/x")
+guarded=$(run_wrk -H "Host: guarded.wharf.test" -H "Authorization: Bearer $TOKEN" -H "Origin: https://app.bench.test" "https://127.0.0.1:$W_HTTPS/api/x")
+curl -s -o /dev/null -w '%{http_code}' --resolve "guarded.wharf.test:$W_HTTPS:127.0.0.1" -k -H "Authorization: Bearer $TOKEN" \
+  "https://guarded.wharf.test:$W_HTTPS/api/x" | grep -q 200 || { echo "the filtered route did not answer 200" >&2; exit 1; }
+read -r pr p50 p99 <<<"$plain"; read -r gr g50 g99 <<<"$guarded"
+printf '\n%-34s %12s %12s %12s\n' "wharf, TLS keep-alive, site route" rps "p50 ms" "p99 ms"
+printf '%-34s %12s %12s %12s\n' "no filters" "$pr" "$p50" "$p99"
+printf '%-34s %12s %12s %12s\n' "JWT + CORS" "$gr" "$g50" "$g99"
+printf '%-34s %12s\n' "filtered / unfiltered" "$(awk -v a="$gr" -v b="$pr" 'BEGIN{printf "%.2f", a/b}')"
+
 echo
 echo "workers per proxy: $WORKERS, connections: $CONNS, duration: ${DURATION}s per case, machine: $(nproc) cores"
