@@ -48,11 +48,11 @@ pub struct Args {
     pub ca_file: Option<PathBuf>,
 }
 
-fn mtime(p: &PathBuf) -> Option<SystemTime> {
+fn mtime(p: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-fn load_plan(file: &PathBuf) -> anyhow::Result<wharf_config::ShuttlePlan> {
+fn load_plan(file: &std::path::Path) -> anyhow::Result<wharf_config::ShuttlePlan> {
     match load_file(file)? {
         Ok(valid) => Ok(wharf_config::compile(&valid).shuttle),
         Err(problems) => anyhow::bail!("{} is not valid:\n{problems}", file.display()),
@@ -145,7 +145,7 @@ async fn serve(args: Args, plan: wharf_config::ShuttlePlan) -> anyhow::Result<Ex
 }
 
 /// Reload as a diff; a bad file keeps the running plan.
-fn reload(shuttle: &Handle, file: &PathBuf, why: &str) {
+fn reload(shuttle: &Handle, file: &std::path::Path, why: &str) {
     match load_plan(file).and_then(|p| shuttle.apply(p).map_err(anyhow::Error::from)) {
         Ok(r) => tracing::info!(
             why,

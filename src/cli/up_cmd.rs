@@ -20,6 +20,7 @@ use wharf_control::{ControlPlane, LogQuery, LogSource, Settings};
 use wharf_logshuttle::{BusChoice, Filter, KafkaOptions};
 use wharf_runtime::settings::RuntimeSettings;
 
+use super::control_cmd::{shutdown_signal, write_private};
 use super::router_cmd::Listen;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -413,33 +414,4 @@ fn with_local_cert(
     });
     let valid = wharf_config::validate(s).map_err(|p| anyhow::anyhow!("{p}"))?;
     Ok(wharf_config::compile(&valid))
-}
-
-fn write_private(path: &Path, secret: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(f, "{}", secret.trim_end())?;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
