@@ -623,7 +623,7 @@ fn request_body_limit() {
             "https",
             &host(&app),
             "/",
-            &["--data-binary", &small]
+            &["--http1.1", "--data-binary", &small]
         )
         .json()["body_len"],
         1000
@@ -636,7 +636,7 @@ fn request_body_limit() {
             "https",
             &host(&app),
             "/",
-            &["--data-binary", &big]
+            &["--http1.1", "--data-binary", &big]
         )
         .status,
         413
@@ -653,7 +653,13 @@ fn request_body_limit() {
         "https",
         &host(&app),
         "/",
-        &["-H", "Transfer-Encoding: chunked", "--data-binary", &big],
+        &[
+            "--http1.1",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &big,
+        ],
     );
     assert_eq!(g.status, 413, "{g:?}");
 }
