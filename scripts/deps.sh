@@ -59,6 +59,8 @@ need_schemathesis() {
   if command -v schemathesis >/dev/null 2>&1; then return 0; fi
   say "pip install schemathesis"
   python3 -m pip install -q schemathesis
+  # pyenv puts new console scripts on PATH only through its shims.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 }
 
 # The stock Heroku CLI, outside the repo, for the control plane's compatibility test.
