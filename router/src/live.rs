@@ -42,6 +42,16 @@ pub struct AppLive {
     pub duration: OnceLock<Histogram>,
 }
 
+impl AppLive {
+    /// The pool serving `side` (stable when the app has no canary).
+    pub fn pool(&self, side: Option<crate::canary::Side>) -> &Pool {
+        match (side, &self.canary) {
+            (Some(crate::canary::Side::Canary), Some(c)) => &c.pool,
+            _ => &self.stable,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct CanaryLive {
     pub pool: Pool,

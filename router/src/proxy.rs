@@ -474,10 +474,7 @@ impl ProxyHttp for Edge {
             }
             _ => Side::Stable,
         });
-        let pool = match (side, &app.canary) {
-            (Side::Canary, Some(c)) => &c.pool,
-            _ => &app.stable,
-        };
+        let pool = app.pool(Some(side));
         let now = now_ms();
         let Some(b) = pool.pick(now, &ctx.tried) else {
             return Err(Error::explain(
@@ -539,11 +536,8 @@ impl ProxyHttp for Edge {
         // A connect failure never reached a dyno: try once more, on another dyno if any.
         let app = ctx.app.map(|i| &live.apps[i]);
         let others = app.is_some_and(|a| {
-            let pool = match (ctx.side, &a.canary) {
-                (Some(Side::Canary), Some(c)) => &c.pool,
-                _ => &a.stable,
-            };
-            pool.backends
+            a.pool(ctx.side)
+                .backends
                 .iter()
                 .any(|b| !ctx.tried.contains(&b.address))
         });

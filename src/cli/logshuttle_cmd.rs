@@ -4,10 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
-use tokio::signal::unix::{SignalKind, signal};
 use wharf_logshuttle::{BusChoice, Handle, KafkaOptions, Options, Shuttle};
 
 use super::config_cmd::load_file;
@@ -46,10 +45,6 @@ pub struct Args {
     /// CA bundle (PEM) for syslog+tls:// and https:// drains instead of the web PKI roots.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
-}
-
-fn mtime(p: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 fn load_plan(file: &std::path::Path) -> anyhow::Result<wharf_config::ShuttlePlan> {
@@ -117,24 +112,10 @@ async fn serve(args: Args, plan: wharf_config::ShuttlePlan) -> anyhow::Result<Ex
     }
     tracing::info!(bus = shuttle.bus_kind(), config = %args.config.display(), "log shuttle running");
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    let mut seen = mtime(&args.config);
-    loop {
-        tokio::select! {
-            _ = hup.recv() => reload(&shuttle, &args.config, "SIGHUP"),
-            _ = tick.tick() => {
-                let now = mtime(&args.config);
-                if now != seen {
-                    seen = now;
-                    reload(&shuttle, &args.config, "file changed");
-                }
-            }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
+    super::follow::follow_file(&args.config, Duration::from_secs(2), |why| {
+        reload(&shuttle, &args.config, why)
+    })
+    .await?;
     tracing::info!("stopping: draining buffers (up to 5 s)");
     drop(listeners);
     for s in servers {

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod config_cmd;
 mod control_cmd;
 mod deploy_cmd;
+mod follow;
 mod logshuttle_cmd;
 mod platform;
 mod router_cmd;

@@ -6,11 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::config_cmd::load_file;
 
@@ -53,10 +52,6 @@ impl std::str::FromStr for Listen {
     }
 }
 
-fn mtime(p: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
 pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     let valid = match load_file(&args.config)? {
         Ok(v) => v,
@@ -93,27 +88,11 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut seen = mtime(&args.config);
-        loop {
-            let why = tokio::select! {
-                _ = hup.recv() => "SIGHUP",
-                _ = tick.tick() => {
-                    let now = mtime(&args.config);
-                    if now == seen { continue }
-                    seen = now;
-                    "file changed"
-                }
-                _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
-            };
-            reload(&router, &args.config, why);
-        }
-        anyhow::Ok(())
-    })?;
+    rt.block_on(super::follow::follow_file(
+        &args.config,
+        Duration::from_secs(1),
+        |why| reload(&router, &args.config, why),
+    ))?;
     tracing::info!("shutting down");
     router.shutdown();
     Ok(ExitCode::SUCCESS)
