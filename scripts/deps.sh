@@ -73,6 +73,11 @@ need_heroku_cli() {
   (cd "$HOME/.cache/wharf-heroku-cli" && npm install --no-audit --no-fund heroku@11 >/dev/null)
 }
 
+# cargo-fuzz for scripts/fuzz (libFuzzer targets in fuzz/; run with RUSTC_BOOTSTRAP=1 on stable).
+need_cargo_fuzz() {
+  need_cargo_bin cargo-fuzz cargo-fuzz 0.13.1
+}
+
 # PostgreSQL on 127.0.0.1:5432: start the machine's cluster when it is down.
 need_postgres() {
   if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then return 0; fi

@@ -23,14 +23,7 @@ pub struct KeySet {
 impl KeySet {
     /// The key for `kid`; without a kid, the only key there is.
     pub fn find(&self, kid: Option<&str>) -> Option<&Jwk> {
-        match kid {
-            Some(k) => self
-                .keys
-                .iter()
-                .find(|j| j.common.key_id.as_deref() == Some(k)),
-            None if self.keys.len() == 1 => self.keys.first(),
-            None => None,
-        }
+        super::token::find_key(&self.keys, kid)
     }
 }
 
@@ -238,9 +231,15 @@ async fn fetch(client: &reqwest::Client, uri: &str) -> Result<JwkSet, String> {
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }
-    let body = resp.bytes().await.map_err(|e| e.to_string())?;
-    if body.len() > 1 << 20 {
-        return Err("JWKS document over 1 MiB".into());
+    // Read at most one byte past the limit: a hostile endpoint cannot make the router buffer
+    // an endless body.
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        body.extend_from_slice(&chunk);
+        if body.len() > super::token::MAX_JWKS_BYTES {
+            return Err("JWKS document over 1 MiB".into());
+        }
     }
-    serde_json::from_slice::<JwkSet>(&body).map_err(|e| format!("not a JWKS document: {e}"))
+    super::token::parse_jwks(&body)
 }

@@ -4,6 +4,7 @@
 pub mod cors;
 pub mod jwks;
 pub mod jwt;
+pub mod token;
 
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};

@@ -1,0 +1,76 @@
+//! Host/SNI and path normalisation and route lookup, as the router's request filter does them:
+//! `normalize_host` (Host header and SNI) → `paths::normalize` → `RouterTable::find` →
+//! `paths::rewrite`, against the table compiled from `deploy/wharf.example.toml` (apps, custom
+//! domains, an internal space, a site with a rewritten prefix). Input: host, a 0 byte, path.
+//!
+//! Never panics; normalisation is idempotent and leaves no `.`/`..` segment; a match covers a
+//! prefix of the normalised path on a segment boundary, and the rewritten path is absolute.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use libfuzzer_sys::fuzz_target;
+use wharf_config::names::normalize_host;
+use wharf_config::paths;
+use wharf_config::{Format, RouterTable, compile, parse, validate};
+
+static TABLE: LazyLock<RouterTable> = LazyLock::new(|| {
+    let mut s = parse(
+        include_str!("../../deploy/wharf.example.toml"),
+        Format::Toml,
+    )
+    .expect("example parses");
+    s.load_files(|p| Ok(p.to_owned()))
+        .expect("no file I/O here");
+    compile(&validate(s).expect("example validates")).router
+});
+
+fuzz_target!(|data: &[u8]| {
+    let table = &*TABLE;
+    let (host, path) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &b"/"[..]),
+    };
+    let (Ok(host), Ok(path)) = (std::str::from_utf8(host), std::str::from_utf8(path)) else {
+        return;
+    };
+    let Some(host) = normalize_host(host) else {
+        return;
+    };
+    assert_eq!(
+        normalize_host(&host).as_deref(),
+        Some(host.as_str()),
+        "host not idempotent"
+    );
+    assert!(!host.bytes().any(|b| b.is_ascii_uppercase()));
+
+    let Ok(norm) = paths::normalize(path) else {
+        return;
+    };
+    assert!(norm.starts_with('/'));
+    let again = paths::normalize(&norm).expect("a normalised path normalises");
+    assert_eq!(again, norm, "path normalisation not idempotent");
+    let path_part = norm.split('?').next().unwrap_or("");
+    assert!(
+        !path_part.split('/').any(|s| s == "." || s == ".."),
+        "dot segment left in {norm:?}"
+    );
+
+    for internal in [false, true] {
+        let Ok(found) = table.find(&host, &norm, internal) else {
+            continue;
+        };
+        assert!(found.app < table.apps.len());
+        if let Some((route, len)) = found.route {
+            assert!(len <= path_part.len(), "match longer than the path");
+            assert!(norm.is_char_boundary(len));
+            let rest = &norm[len..];
+            assert!(
+                rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
+                "match ends inside a segment: {norm:?} at {len}"
+            );
+            let out = paths::rewrite(&route.target_path, &norm, len);
+            assert!(out.starts_with('/'), "rewrite gave {out:?}");
+        }
+    }
+});
