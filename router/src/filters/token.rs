@@ -183,6 +183,9 @@ pub fn verify_with_key(
     if !key_allows(jwk, alg) {
         return Err(Failure::Algorithm(name.into()));
     }
+    if !okp_key_is_whole(jwk) {
+        return Err(Failure::UnknownKey);
+    }
     let decoding = DecodingKey::from_jwk(jwk).map_err(|_| Failure::UnknownKey)?;
     let mut v = Validation::new(alg);
     v.leeway = f.leeway_secs;
@@ -213,10 +216,67 @@ pub fn verify_with_key(
     Ok(data.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0))
 }
 
+/// An Ed25519 key must be 32 bytes: jsonwebtoken 10.4 slices `[..32]` and panics on a shorter
+/// one (found by `fuzz/` target `jwt`), so a hostile or broken JWKS document could crash the
+/// request. Other key types are checked by the crypto crates without panicking.
+fn okp_key_is_whole(jwk: &Jwk) -> bool {
+    use base64::Engine;
+    match &jwk.algorithm {
+        AlgorithmParameters::OctetKeyPair(p) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p.x.trim_end_matches('='))
+            .is_ok_and(|x| x.len() == 32),
+        _ => true,
+    }
+}
+
 /// Parse a JWKS document (bounded in size).
 pub fn parse_jwks(body: &[u8]) -> Result<JwkSet, String> {
     if body.len() > MAX_JWKS_BYTES {
         return Err("JWKS document over 1 MiB".into());
     }
     serde_json::from_slice::<JwkSet>(body).map_err(|e| format!("not a JWKS document: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter() -> JwtFilter {
+        JwtFilter {
+            name: "t".into(),
+            jwks_uri: "https://issuer.example/jwks".into(),
+            issuer: "https://issuer.example".into(),
+            audiences: vec!["wharf".into()],
+            leeway_secs: 30,
+            jwks_ttl_secs: 300,
+            algorithms: vec!["EdDSA".into()],
+        }
+    }
+
+    /// Found by the `jwt` fuzz target: an Ed25519 key shorter than 32 bytes made jsonwebtoken
+    /// panic while verifying. It is an unknown key now.
+    #[test]
+    fn short_ed25519_key_is_refused_not_a_panic() {
+        let doc = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","use":"sig","x":"LbAfm2QC6hPM8KCcwk1eZMKzBzNb-BqfUCU"}]}"#;
+        let keys = parse_jwks(doc).unwrap().keys;
+        let token = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoid2hhcmYiLCJleHAiOjQxMDI0NDQ4MDAsIm5iZiI6MTcwMDAwMDAwMCwic3ViIjoidXNlciJ9.TceKgLoZ-Sqdtg1Ubr7HvXbTcPRS0t5xmfM9aFJ6aUFpHkyAuybxudaq84vJ9XYZ2JAI_0JiMI07z02Z1l2iAQ";
+        let f = filter();
+        let header = check_header(&f, token).unwrap();
+        let jwk = find_key(&keys, header.kid.as_deref()).unwrap();
+        assert_eq!(
+            verify_with_key(&f, token, &header, jwk),
+            Err(Failure::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn whole_ed25519_key_verifies() {
+        let doc = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","use":"sig","x":"LbAfm2QwgqlRjGgC6hPM8KCcwk1eZMKzBzNb-BqfUCU"}]}"#;
+        let keys = parse_jwks(doc).unwrap().keys;
+        let token = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiYXVkIjoid2hhcmYiLCJleHAiOjQxMDI0NDQ4MDAsIm5iZiI6MTcwMDAwMDAwMCwic3ViIjoidXNlciJ9.TceKgLoZ-Sqdtg1Ubr7HvXbTcPRS0t5xmfM9aFJ6aUFpHkyAuybxudaq84vJ9XYZ2JAI_0JiMI07z02Z1l2iAQ";
+        let f = filter();
+        let header = check_header(&f, token).unwrap();
+        let jwk = find_key(&keys, header.kid.as_deref()).unwrap();
+        assert_eq!(verify_with_key(&f, token, &header, jwk), Ok(4_102_444_800));
+    }
 }
