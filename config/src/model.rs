@@ -52,6 +52,9 @@ pub struct Snapshot {
     pub certificates: Vec<Certificate>,
     #[serde(default)]
     pub drains: Vec<Drain>,
+    /// Per-app limits (at most one entry per app); apps without one have none.
+    #[serde(default)]
+    pub limits: Vec<AppLimits>,
 }
 
 fn default_domain() -> String {
@@ -79,6 +82,7 @@ impl Snapshot {
             canaries: Vec::new(),
             certificates: Vec::new(),
             drains: Vec::new(),
+            limits: Vec::new(),
         }
     }
 
@@ -494,6 +498,79 @@ pub struct RouterSettings {
     pub dyno_down_ms: u64,
     /// Largest request body, in bytes (0: unlimited).
     pub max_body_bytes: u64,
+    /// Caps on what one client, or all of them, may hold open or send.
+    pub limits: ClientLimits,
+}
+
+/// Router limits per client IP address and in total. Only `max_connections` is on by default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLimits {
+    /// Open client connections across every listener; a connection beyond it is closed at
+    /// once (0: no limit).
+    pub max_connections: u32,
+    /// Open connections from one IP address; beyond it, closed at once (0: no limit).
+    pub max_connections_per_ip: u32,
+    /// Requests per second from one IP address, averaged; 429 beyond (0: no limit).
+    pub requests_per_sec_per_ip: u32,
+    /// Requests one IP address may send at once before the rate applies (0: one second's worth).
+    pub burst_per_ip: u32,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_connections: 20_000,
+            max_connections_per_ip: 0,
+            requests_per_sec_per_ip: 0,
+            burst_per_ip: 0,
+        }
+    }
+}
+
+/// Limits of one app, at the router and at log ingest. Every field but `app` is optional; 0
+/// means no limit (for `max_body_bytes`: the router's own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AppLimits {
+    /// App key `{app}-{space}`.
+    pub app: String,
+    /// Requests in flight at once through the router; 503 (H11) beyond.
+    #[serde(default)]
+    pub max_concurrent_requests: u32,
+    /// Requests per second, averaged; 429 beyond.
+    #[serde(default)]
+    pub requests_per_sec: u32,
+    /// Requests allowed at once before the rate applies (0: one second's worth).
+    #[serde(default)]
+    pub burst: u32,
+    /// Largest request body in bytes; 413 beyond.
+    #[serde(default)]
+    pub max_body_bytes: u64,
+    /// Log lines per second accepted at ingest, averaged; beyond, lines are dropped and a
+    /// notice line says how many.
+    #[serde(default)]
+    pub log_lines_per_sec: u32,
+    /// Log lines accepted at once before the rate applies (0: one second's worth).
+    #[serde(default)]
+    pub log_burst: u32,
+}
+
+/// A token-bucket rate: `per_sec` on average, `burst` at once (never below `per_sec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// `None` when `per_sec` is 0 (no limit).
+    pub fn new(per_sec: u32, burst: u32) -> Option<Rate> {
+        (per_sec > 0).then(|| Rate {
+            per_sec,
+            burst: burst.max(per_sec),
+        })
+    }
 }
 
 impl Default for RouterSettings {
@@ -505,6 +582,7 @@ impl Default for RouterSettings {
             idle_timeout_ms: 55_000,
             dyno_down_ms: 10_000,
             max_body_bytes: 0,
+            limits: ClientLimits::default(),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::model::{AbortPolicy, DynoState, Filter, RouterSettings};
+use crate::model::{AbortPolicy, DynoState, Filter, Rate, RouterSettings};
 use crate::paths::PrefixTree;
 use crate::validate::Validated;
 
@@ -48,6 +48,17 @@ pub struct AppTarget {
     pub crashed: usize,
     pub canary: Option<CanaryTarget>,
     pub filters: Vec<FilterUse>,
+    pub limits: AppRouterLimits,
+}
+
+/// An app's router limits (`[[limits]]`); the defaults mean none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppRouterLimits {
+    /// Requests in flight at once (0: no limit).
+    pub max_concurrent_requests: u32,
+    pub rate: Option<Rate>,
+    /// Largest request body (0: the router's `max_body_bytes`).
+    pub max_body_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -234,6 +245,16 @@ impl RouterTable {
                     backends: canary_backends,
                 }),
                 filters: Vec::new(),
+                limits: v
+                    .limits
+                    .iter()
+                    .find(|l| l.app == key)
+                    .map(|l| AppRouterLimits {
+                        max_concurrent_requests: l.max_concurrent_requests,
+                        rate: Rate::new(l.requests_per_sec, l.burst),
+                        max_body_bytes: l.max_body_bytes,
+                    })
+                    .unwrap_or_default(),
             });
             app_index.insert(key, i);
         }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::drain_url::DrainUrl;
-use crate::model::LogSettings;
+use crate::model::{LogSettings, Rate};
 use crate::validate::Validated;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,8 @@ pub struct AppLogs {
     pub socs: bool,
     pub log_token: Option<String>,
     pub drains: Vec<DrainTarget>,
+    /// Lines per second accepted at ingest (`[[limits]]`); `None`: no limit.
+    pub log_rate: Option<Rate>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,6 +53,11 @@ impl ShuttlePlan {
                         socs,
                         log_token: a.log_token.clone(),
                         drains: Vec::new(),
+                        log_rate: v
+                            .limits
+                            .iter()
+                            .find(|l| l.app == a.key())
+                            .and_then(|l| Rate::new(l.log_lines_per_sec, l.log_burst)),
                     },
                 )
             })

@@ -103,6 +103,48 @@ impl<'a> Checker<'a> {
         self.canaries();
         self.certificates();
         self.drains();
+        self.limits();
+    }
+
+    fn limits(&mut self) {
+        let mut seen = HashSet::new();
+        for (i, l) in self.s.limits.iter().enumerate() {
+            let at = format!("limits[{i}]");
+            self.app(format!("{at}.app"), &l.app);
+            if !seen.insert(l.app.as_str()) {
+                self.p.push(
+                    format!("{at}.app"),
+                    format!("app {:?} has limits already; give one entry per app", l.app),
+                );
+            }
+            for (field, rate, burst) in [
+                ("burst", l.requests_per_sec, l.burst),
+                ("log_burst", l.log_lines_per_sec, l.log_burst),
+            ] {
+                if rate == 0 && burst > 0 {
+                    self.p.push(
+                        format!("{at}.{field}"),
+                        "a burst needs a rate: set the matching per-second limit too",
+                    );
+                }
+            }
+        }
+        let c = &self.s.router.limits;
+        if c.requests_per_sec_per_ip == 0 && c.burst_per_ip > 0 {
+            self.p.push(
+                "router.limits.burst_per_ip",
+                "a burst needs a rate: set requests_per_sec_per_ip too",
+            );
+        }
+        if c.max_connections > 0 && c.max_connections_per_ip > c.max_connections {
+            self.p.push(
+                "router.limits.max_connections_per_ip",
+                format!(
+                    "{} is above max_connections ({})",
+                    c.max_connections_per_ip, c.max_connections
+                ),
+            );
+        }
     }
 
     fn app(&mut self, path: String, key: &str) -> Option<&'a App> {

@@ -49,6 +49,7 @@ async fn main() {
             socs: false,
             log_token: Some("tok".into()),
             drains: targets,
+            log_rate: None,
         },
     );
     let plan = ShuttlePlan {

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod canary;
 pub mod filters;
 pub mod headers;
+pub mod limits;
 pub mod live;
 pub mod logline;
 pub mod metrics;

@@ -71,6 +71,9 @@ pub struct Ctx {
     set_sticky: bool,
     body_bytes: u64,
     max_body: u64,
+    /// The request's slot among its app's requests in flight, given back when the context
+    /// drops.
+    in_flight: Option<crate::limits::InFlightGuard>,
 }
 
 impl Edge {
@@ -222,6 +225,7 @@ impl ProxyHttp for Edge {
             set_sticky: false,
             body_bytes: 0,
             max_body: 0,
+            in_flight: None,
         }
     }
 
@@ -295,6 +299,23 @@ impl ProxyHttp for Edge {
                 )
                 .await;
         }
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet())
+            && self
+                .shared
+                .limits
+                .request_from(addr.ip(), &live.table.settings.limits)
+                .is_err()
+        {
+            return self
+                .respond(
+                    session,
+                    ctx,
+                    429,
+                    "Too Many Requests: slow down\n",
+                    &[("retry-after", "1".into())],
+                )
+                .await;
+        }
         if let Some(status) = limits(session.req_header()) {
             let body = if status == 414 {
                 "URI Too Long\n"
@@ -361,7 +382,40 @@ impl ProxyHttp for Edge {
             }
         };
         ctx.app = Some(found.app);
-        ctx.max_body = live.table.settings.max_body_bytes;
+        let app_target = &live.table.apps[found.app];
+        match self
+            .shared
+            .limits
+            .request_to(&app_target.key, &app_target.limits)
+        {
+            Ok(slot) => ctx.in_flight = slot,
+            Err(crate::limits::Limit::AppRate) => {
+                return self
+                    .respond(
+                        session,
+                        ctx,
+                        429,
+                        "Too Many Requests: this app's request rate limit\n",
+                        &[("retry-after", "1".into())],
+                    )
+                    .await;
+            }
+            Err(_) => {
+                return self
+                    .respond(
+                        session,
+                        ctx,
+                        503,
+                        "Service Unavailable: too many requests in flight for this app (H11)\n",
+                        &[("retry-after", "1".into())],
+                    )
+                    .await;
+            }
+        }
+        ctx.max_body = match app_target.limits.max_body_bytes {
+            0 => live.table.settings.max_body_bytes,
+            n => n,
+        };
         if ctx.max_body > 0 {
             let declared = session
                 .req_header()

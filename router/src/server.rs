@@ -144,6 +144,7 @@ impl Handle {
             metrics: metrics.clone(),
             sink,
             events,
+            limits: crate::limits::Limiter::new(&metrics.registry),
         });
         shared.jwks.sync(&shared.live.load().table);
 

@@ -24,4 +24,5 @@ pub struct Shared {
     pub sink: Arc<dyn LineSink>,
     pub events: tokio::sync::broadcast::Sender<RouterEvent>,
     pub jwks: JwksCache,
+    pub limits: Arc<crate::limits::Limiter>,
 }

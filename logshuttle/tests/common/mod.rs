@@ -77,6 +77,7 @@ pub fn plan(apps: Vec<AppSpec<'_>>, settings: LogSettings) -> ShuttlePlan {
                 socs: false,
                 log_token: a.token.map(str::to_owned),
                 drains,
+                log_rate: None,
             },
         );
     }

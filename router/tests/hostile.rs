@@ -1,0 +1,311 @@
+//! Hostile clients and failing dynos, over real sockets on 127.0.0.1: connection caps, request
+//! rates, per-app concurrency and body limits, slowloris and idle-connection floods, a dyno that
+//! never answers. Each checks the answer, that nothing leaks (open client connections back to
+//! 0), and prints what a well-behaved client saw meanwhile (figures, not asserted).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::*;
+use wharf_config::*;
+
+fn status_of(resp: &str) -> u16 {
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One request on a fresh connection (`Connection: close`); the status, 0 when none came.
+fn request(addr: SocketAddr, head: &str, body: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    status_of(&String::from_utf8_lossy(&out))
+}
+
+fn get(addr: SocketAddr, host: &str, path: &str) -> u16 {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        b"",
+    )
+}
+
+fn post(addr: SocketAddr, host: &str, len: usize) -> u16 {
+    request(
+        addr,
+        &format!(
+            "POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        ),
+        &vec![b'x'; len],
+    )
+}
+
+fn metric(r: &wharf_router::Handle, prefix: &str) -> f64 {
+    let text = String::from_utf8(r.metrics().render()).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Wait (bounded) for a metric to reach `want`; returns its last value.
+fn wait_metric(r: &wharf_router::Handle, prefix: &str, want: f64) -> f64 {
+    let mut v = metric(r, prefix);
+    for _ in 0..400 {
+        if v == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        v = metric(r, prefix);
+    }
+    v
+}
+
+const OPEN: &str = "wharf_router_client_connections ";
+
+fn internal_app(s: &mut Snapshot, name: &str, dynos: &[SocketAddr]) -> String {
+    format!("{}.{DOMAIN}", add_app(s, name, "back", dynos))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// `n` sequential requests on fresh connections: (all 200?, p50, p99).
+fn well_behaved(addr: SocketAddr, host: &str, n: usize) -> (usize, Duration, Duration) {
+    let mut times = Vec::with_capacity(n);
+    let mut ok = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        if get(addr, host, "/") == 200 {
+            ok += 1;
+        }
+        times.push(t.elapsed());
+    }
+    times.sort();
+    (ok, percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+#[test]
+fn connection_caps_close_extra_connections_and_slots_come_back() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let host = internal_app(&mut s, "api", &[d.addr]);
+    s.router.limits.max_connections_per_ip = 20;
+    let r = start(&s, &Collect::default());
+    let addr = r.addrs().internal.unwrap();
+
+    let held: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    assert_eq!(wait_metric(&r, OPEN, 20.0), 20.0);
+
+    // The 21st from the same address is closed without an answer.
+    let mut extra = TcpStream::connect(addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = extra.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    let mut buf = Vec::new();
+    let _ = extra.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    assert!(
+        metric(
+            &r,
+            "wharf_router_limited_total{limit=\"connections_per_ip\"}"
+        ) >= 1.0
+    );
+
+    drop(held);
+    drop(extra);
+    assert_eq!(wait_metric(&r, OPEN, 0.0), 0.0, "connections leaked");
+    assert_eq!(get(addr, &host, "/"), 200);
+}
+
+#[test]
+fn request_rate_per_ip_answers_429_beyond_burst_and_rate() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let host = internal_app(&mut s, "api", &[d.addr]);
+    s.router.limits.requests_per_sec_per_ip = 2;
+    s.router.limits.burst_per_ip = 4;
+    let r = start(&s, &Collect::default());
+    let addr = r.addrs().internal.unwrap();
+
+    let t = Instant::now();
+    let statuses: Vec<u16> = (0..12).map(|_| get(addr, &host, "/")).collect();
+    let secs = t.elapsed().as_secs_f64().ceil() as usize;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    println!("per-IP 2/s burst 4: 12 requests in {secs}s → {ok} × 200, {limited} × 429");
+    assert_eq!(ok + limited, 12, "{statuses:?}");
+    assert!(ok >= 4, "{statuses:?}");
+    assert!(ok <= 4 + 2 * secs, "{statuses:?}");
+    assert!(limited >= 1 || ok > 4, "{statuses:?}");
+    assert_eq!(
+        metric(&r, "wharf_router_limited_total{limit=\"rate_per_ip\"}") as usize,
+        limited
+    );
+}
+
+#[test]
+fn app_rate_concurrency_and_body_limits() {
+    let pki = Pki::new();
+    let (d1, d2) = (Dyno::start("web.1"), Dyno::start("web.1"));
+    let mut s = base(&pki);
+    let limited = internal_app(&mut s, "slow", &[d1.addr]);
+    let other = internal_app(&mut s, "other", &[d2.addr]);
+    s.limits.push(AppLimits {
+        app: "slow-back".into(),
+        max_concurrent_requests: 1,
+        max_body_bytes: 100,
+        ..AppLimits::default()
+    });
+    s.limits.push(AppLimits {
+        app: "other-back".into(),
+        requests_per_sec: 1,
+        burst: 3,
+        ..AppLimits::default()
+    });
+    let r = start(&s, &Collect::default());
+    let addr = r.addrs().internal.unwrap();
+
+    // One request in flight takes the only slot: the next gets 503 until it is done.
+    let h = limited.clone();
+    let first = std::thread::spawn(move || get(addr, &h, "/sleep/3000"));
+    for _ in 0..400 {
+        if d1.hits() == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(d1.hits(), 1);
+    assert_eq!(get(addr, &limited, "/"), 503);
+    assert_eq!(first.join().unwrap(), 200);
+    assert_eq!(get(addr, &limited, "/"), 200, "the slot came back");
+    assert_eq!(
+        metric(&r, "wharf_router_limited_total{limit=\"app_concurrency\"}"),
+        1.0
+    );
+
+    // Body limit of its own; the other app has none (the router's is 0: unlimited).
+    assert_eq!(post(addr, &limited, 1000), 413);
+    assert_eq!(post(addr, &limited, 50), 200);
+
+    // The other app's rate: 3 at once, then 1/s.
+    let t = Instant::now();
+    let statuses: Vec<u16> = (0..8).map(|_| post(addr, &other, 1000)).collect();
+    let secs = t.elapsed().as_secs_f64().ceil() as usize;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    println!("app 1/s burst 3: 8 requests in {secs}s → {ok} × 200, the rest 429");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
+    assert!(ok >= 3 && ok <= 3 + secs, "{statuses:?}");
+}
+
+#[test]
+fn slowloris_and_idle_connections_leave_a_well_behaved_client_served() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let host = internal_app(&mut s, "api", &[d.addr]);
+    let r = start(&s, &Collect::default());
+    let addr = r.addrs().internal.unwrap();
+
+    let (ok, p50, p99) = well_behaved(addr, &host, 100);
+    println!("baseline: {ok}/100 ok, p50 {p50:?}, p99 {p99:?}");
+    assert_eq!(ok, 100);
+
+    // 1500 idle connections and 100 trickling a head one header line at a time.
+    let idle: Vec<TcpStream> = (0..1500)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let mut slow: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n").as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
+    assert_eq!(wait_metric(&r, OPEN, 1600.0), 1600.0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let trickle = std::thread::spawn(move || {
+        let mut rounds = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) && rounds < 600 {
+            for c in &mut slow {
+                let _ = c.write_all(b"X-Slow: 1\r\n");
+            }
+            rounds += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        slow
+    });
+    let (ok, p50, p99) = well_behaved(addr, &host, 100);
+    println!("under 1500 idle + 100 slowloris: {ok}/100 ok, p50 {p50:?}, p99 {p99:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let slow = trickle.join().unwrap();
+    assert_eq!(ok, 100);
+
+    drop(idle);
+    drop(slow);
+    let left = wait_metric(&r, OPEN, 0.0);
+    println!("client connections open after the attack ended: {left}");
+    assert_eq!(left, 0.0, "connections leaked");
+}
+
+#[test]
+fn dyno_that_accepts_and_never_answers_is_h12_and_nothing_leaks() {
+    let pki = Pki::new();
+    // A dyno that accepts and holds connections, never reading or answering.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        silent.set_nonblocking(true).unwrap();
+        for _ in 0..400 {
+            if let Ok((c, _)) = silent.accept() {
+                held.push(c);
+            }
+            if held.len() >= 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        held
+    });
+    let good = Dyno::start("web.1");
+    let mut s = base(&pki);
+    s.router.first_byte_timeout_ms = 1000;
+    let hung = internal_app(&mut s, "hung", &[silent_addr]);
+    let fine = internal_app(&mut s, "fine", &[good.addr]);
+    let sink = Collect::default();
+    let r = start(&s, &sink);
+    let addr = r.addrs().internal.unwrap();
+
+    let hung_thread = {
+        let hung = hung.clone();
+        std::thread::spawn(move || (0..3).map(|_| get(addr, &hung, "/")).collect::<Vec<_>>())
+    };
+    let (ok, p50, p99) = well_behaved(addr, &fine, 50);
+    println!("another app while one hangs: {ok}/50 ok, p50 {p50:?}, p99 {p99:?}");
+    assert_eq!(ok, 50);
+    assert_eq!(hung_thread.join().unwrap(), vec![503, 503, 503]);
+    sink.wait_for("code=H12");
+    assert_eq!(wait_metric(&r, OPEN, 0.0), 0.0, "client connections leaked");
+    assert_eq!(
+        wait_metric(&r, "wharf_router_requests_in_flight ", 0.0),
+        0.0,
+        "requests leaked"
+    );
+    drop(holder.join().unwrap());
+}
