@@ -31,6 +31,9 @@ pub enum ApiError {
     /// 422: the desired state this change would produce is invalid.
     #[error("{0}")]
     Problems(Problems),
+    /// 503: the work stopped half-way and resumes later (a promotion after a restart).
+    #[error("{0}")]
+    Unavailable(String),
     /// 503: the store cannot be reached.
     #[error("store: {0}")]
     Store(#[from] sqlx::Error),
@@ -62,7 +65,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Invalid { .. } | ApiError::Problems(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Store(e) if is_conflict(e) => StatusCode::CONFLICT,
-            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -76,7 +79,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Invalid { .. } | ApiError::Problems(_) => "invalid_params",
             ApiError::Store(e) if is_conflict(e) => "conflict",
-            ApiError::Store(_) => "unavailable",
+            ApiError::Store(_) | ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }

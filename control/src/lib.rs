@@ -11,7 +11,14 @@
 //! - [`error`]: the one mapping from errors to `{"id","message"}` responses;
 //! - [`snapshot`]: store → `Snapshot` → `validate_update` → publish, inside the write transaction;
 //! - [`logs`]: the [`LogSource`] seam log sessions read from (the shuttle implements it);
-//! - [`openapi`]: the OpenAPI 3 document at `/openapi.json`.
+//! - [`openapi`]: the OpenAPI 3 document at `/openapi.json`;
+//! - [`api::pipelines`]: pipelines, status-checked promotions (atomic, resumed after a restart);
+//! - [`canary`]: canary releases that promote or abort themselves (router events, a timer kept
+//!   in the store);
+//! - [`audit`]: the trail of every change, also published as [`ControlEvent`]s;
+//! - [`redact`]: secret-looking config values blanked (always in audit and events, in API
+//!   answers for `socs` apps);
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
 //!
 //! It does not depend on the router or the log shuttle: they follow
 //! [`ControlPlane::snapshots`] in-process, or `GET /v1/snapshot?after=REVISION` over HTTP.
@@ -31,10 +38,14 @@
 //! ```
 
 pub mod api;
+pub mod audit;
 pub mod auth;
+pub mod canary;
 pub mod error;
 pub mod logs;
+pub mod metrics;
 pub mod openapi;
+pub mod redact;
 pub mod rendezvous;
 pub mod snapshot;
 pub mod store;
@@ -70,6 +81,10 @@ pub struct Settings {
     pub max_poll_secs: u64,
     /// The TLS rendezvous socket for attached one-off dynos (`heroku run`); none: no attach.
     pub rendezvous: Option<rendezvous::RendezvousConfig>,
+    /// Words that make a config var name secret-looking (matched within the name, any case).
+    pub secret_words: Vec<String>,
+    /// How often running canaries are checked against their period and minimum of requests.
+    pub canary_tick_ms: u64,
 }
 
 impl Default for Settings {
@@ -83,8 +98,32 @@ impl Default for Settings {
             log_session_ttl_secs: 600,
             max_poll_secs: 60,
             rendezvous: None,
+            secret_words: redact::DEFAULT_SECRET_WORDS
+                .iter()
+                .map(|w| (*w).to_owned())
+                .collect(),
+            canary_tick_ms: 1000,
         }
     }
+}
+
+/// What the control plane publishes as it happens ([`ControlPlane::events`]). Secrets are
+/// already redacted.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlEvent {
+    /// A change, as recorded in the audit trail.
+    Audit(audit::AuditEntry),
+}
+
+/// Faults a test injects to stop work half-way (as a crash or a failure would).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The promotion fails at this target (0-based): nothing may change.
+    PromotionFailAt(usize),
+    /// The process "dies" at this target: the promotion stays pending until a restart.
+    PromotionCrashAt(usize),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +151,21 @@ struct Inner {
     settings: Settings,
     snapshot: watch::Sender<Arc<Validated>>,
     rendezvous: Option<rendezvous::Rendezvous>,
+    secrets: redact::Secrets,
+    metrics: metrics::Metrics,
+    events: tokio::sync::broadcast::Sender<ControlEvent>,
+    figures: std::sync::RwLock<canary::FiguresSource>,
+    fault: std::sync::Mutex<Option<Fault>>,
+}
+
+/// A reference that does not keep the control plane alive (its own background tasks).
+#[derive(Clone)]
+pub struct WeakControlPlane(Weak<Inner>);
+
+impl std::fmt::Debug for WeakControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakControlPlane")
+    }
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -145,6 +199,7 @@ impl ControlPlane {
             None => None,
         };
         let (tx, _) = watch::channel(Arc::new(valid));
+        let secrets = redact::Secrets::new(&settings.secret_words);
         let cp = ControlPlane(Arc::new(Inner {
             store,
             runtime,
@@ -152,6 +207,11 @@ impl ControlPlane {
             settings,
             snapshot: tx,
             rendezvous,
+            secrets,
+            metrics: metrics::Metrics::new(),
+            events: tokio::sync::broadcast::channel(1024).0,
+            figures: std::sync::RwLock::new(Arc::new(canary::NoFigures)),
+            fault: std::sync::Mutex::new(None),
         }));
         let default_space = cp.0.settings.default_space.clone();
         api::spaces::ensure_space(&cp, &default_space).await?;
@@ -159,7 +219,88 @@ impl ControlPlane {
             tracing::warn!(error = %e, "runtime did not accept the stored desired state");
         }
         cp.follow_runtime();
+        let resumed = api::pipelines::resume_pending(&cp).await?;
+        if resumed > 0 {
+            tracing::info!(resumed, "promotions interrupted half-way were run again");
+        }
+        cp.tick_canaries();
         Ok(cp)
+    }
+
+    /// The secret-name matcher of this control plane.
+    pub fn secrets(&self) -> &redact::Secrets {
+        &self.0.secrets
+    }
+
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.0.metrics
+    }
+
+    /// Every change as it happens (audit entries, redacted).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<ControlEvent> {
+        self.0.events.subscribe()
+    }
+
+    pub(crate) fn publish(&self, e: ControlEvent) {
+        let _ = self.0.events.send(e);
+    }
+
+    /// Where canary figures come from (the router's handle in `wharf up`).
+    pub fn set_canary_figures(&self, source: canary::FiguresSource) {
+        if let Ok(mut f) = self.0.figures.write() {
+            *f = source;
+        }
+    }
+
+    /// The router's figures for an app's canary: `[stable, canary]` and whether it aborted.
+    pub fn canary_figures(&self, app: &str) -> Option<([wharf_config::SideFigures; 2], bool)> {
+        self.0.figures.read().ok()?.figures(app)
+    }
+
+    /// Act on the router's events (a canary aborted) for as long as this control plane lives.
+    pub fn follow_router_events(
+        &self,
+        events: tokio::sync::broadcast::Receiver<wharf_config::RouterEvent>,
+    ) {
+        canary::follow_router(self, events);
+    }
+
+    #[doc(hidden)]
+    pub fn inject_fault(&self, fault: Option<Fault>) {
+        if let Ok(mut f) = self.0.fault.lock() {
+            *f = fault;
+        }
+    }
+
+    pub(crate) fn fault(&self) -> Option<Fault> {
+        self.0.fault.lock().ok().and_then(|f| *f)
+    }
+
+    pub fn downgrade(&self) -> WeakControlPlane {
+        WeakControlPlane(Arc::downgrade(&self.0))
+    }
+
+    pub fn upgrade(weak: &WeakControlPlane) -> Option<ControlPlane> {
+        weak.0.upgrade().map(ControlPlane)
+    }
+
+    /// Check running canaries every `canary_tick_ms` while this control plane lives.
+    fn tick_canaries(&self) {
+        let weak = self.downgrade();
+        let every = std::time::Duration::from_millis(self.0.settings.canary_tick_ms.max(10));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(cp) = ControlPlane::upgrade(&weak) else {
+                    break;
+                };
+                if let Err(e) = canary::tick(&cp).await {
+                    tracing::warn!(error = %e, "canary check failed");
+                }
+            }
+        });
     }
 
     pub fn store(&self) -> &Store {

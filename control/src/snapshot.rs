@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sqlx::AnyConnection;
 use wharf_config::{
-    App, Artifact, Attachment, Certificate, Compliance, Drain, Endpoint, Filter, Formation,
+    App, Artifact, Attachment, Canary, Certificate, Compliance, Drain, Endpoint, Filter, Formation,
     HealthCheck, Release, Route, Site, Snapshot, Space,
 };
 use wharf_runtime::{DesiredApp, DesiredState, DynoStatus};
@@ -15,13 +15,14 @@ use crate::store::{
     APP_SELECT, ATTACHMENT_SELECT, AppRow, AttachmentRow, CertRow, DomainRow, DrainRow, FilterRow,
     FormationRow, ROUTE_SELECT, ReleaseRow, RouteRow, SiteRow, SpaceRow,
 };
-use crate::{Settings, empty_snapshot};
+use crate::{Settings, canary, empty_snapshot};
 
 /// The newest release of every app.
 async fn current_releases(c: &mut AnyConnection) -> ApiResult<HashMap<String, ReleaseRow>> {
     let rows: Vec<ReleaseRow> = sqlx::query_as(
         "SELECT r.* FROM releases r WHERE r.version = \
-         (SELECT MAX(version) FROM releases x WHERE x.app_id = r.app_id)",
+         (SELECT MAX(version) FROM releases x WHERE x.app_id = r.app_id \
+         AND x.status = 'succeeded')",
     )
     .fetch_all(&mut *c)
     .await?;
@@ -79,8 +80,10 @@ pub async fn build(
     let running: HashSet<(String, u32)> = dynos
         .iter()
         .filter(|d| d.address.is_some())
-        .map(|d| (d.app.clone(), d.release))
+        .map(|d| (canary::owner_key(&d.app).to_owned(), d.release))
         .collect();
+    let canaries = canary::running(c).await?;
+    let canary_releases: HashSet<String> = canaries.iter().map(|k| k.release_id.clone()).collect();
     let all: Vec<ReleaseRow> = sqlx::query_as(
         "SELECT * FROM releases WHERE artifact IS NOT NULL ORDER BY app_id, version",
     )
@@ -93,7 +96,10 @@ pub async fn build(
         };
         let version = r.version as u32;
         let is_current = current.get(&r.app_id).is_some_and(|cur| cur.id == r.id);
-        if !(is_current || running.contains(&(key.clone(), version))) {
+        if !(is_current
+            || canary_releases.contains(&r.id)
+            || running.contains(&(key.clone(), version)))
+        {
             continue;
         }
         let Some(artifact) = r.artifact() else {
@@ -137,15 +143,41 @@ pub async fn build(
         }
     }
 
+    for k in &canaries {
+        let Some(key) = keys.get(&k.app_id) else {
+            continue;
+        };
+        let stable = s
+            .apps
+            .iter()
+            .find(|a| a.key() == *key)
+            .and_then(|a| a.release);
+        let canary_release = k.canary_version as u32;
+        if let Some(stable) = stable
+            && included.contains(&(key.clone(), canary_release))
+            && stable != canary_release
+        {
+            s.canaries.push(Canary {
+                app: key.clone(),
+                stable_release: stable,
+                canary_release,
+                weight: k.weight.clamp(0, 100) as u32,
+                sticky: k.sticky != 0,
+                abort: Default::default(),
+            });
+        }
+    }
+
     for d in dynos {
         let Some(address) = d.address else { continue };
-        if !included.contains(&(d.app.clone(), d.release))
+        let app = canary::owner_key(&d.app);
+        if !included.contains(&(app.to_owned(), d.release))
             || !wharf_config::validate::is_dyno_name(&d.name)
         {
             continue;
         }
         s.endpoints.push(Endpoint {
-            app: d.app.clone(),
+            app: app.to_owned(),
             release: d.release,
             process: d.name.clone(),
             address,
@@ -259,6 +291,47 @@ pub async fn desired(c: &mut AnyConnection) -> ApiResult<DesiredState> {
             .fetch_all(&mut *c)
             .await?;
     let mut out = DesiredState::default();
+    let canaries = canary::running(c).await?;
+    for k in &canaries {
+        let Some(a) = apps.iter().find(|a| a.id == k.app_id) else {
+            continue;
+        };
+        let r: Option<ReleaseRow> = sqlx::query_as("SELECT * FROM releases WHERE id = $1")
+            .bind(&k.release_id)
+            .fetch_optional(&mut *c)
+            .await?;
+        let Some((r, artifact)) = r.and_then(|r| r.artifact().map(|x| (r, x))) else {
+            continue;
+        };
+        let key = canary::runtime_key(&a.key());
+        let web = formation
+            .iter()
+            .find(|f| f.app_id == a.id && f.process_type == "web")
+            .map(|f| {
+                let mut f = formation_of(&key, f);
+                f.quantity = k.quantity.max(1) as u32;
+                f
+            })
+            .unwrap_or_else(|| Formation {
+                app: key.clone(),
+                process_type: "web".into(),
+                quantity: k.quantity.max(1) as u32,
+                size: "standard-1x".into(),
+                command: None,
+                port: None,
+                health_check: None,
+                schedule: None,
+            });
+        out.apps.push(DesiredApp {
+            key,
+            name: a.name.clone(),
+            space: a.space_name.clone(),
+            release: r.version as u32,
+            artifact,
+            config_vars: r.config(),
+            formation: vec![web],
+        });
+    }
     for a in &apps {
         let Some(r) = current.get(&a.id) else {
             continue;

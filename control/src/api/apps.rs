@@ -214,6 +214,12 @@ pub async fn delete(
     Path(app): Path<String>,
 ) -> ApiResult<Response> {
     let a = load(&cp, &caller, &app).await?;
+    if a.compliance().iter().any(|c| c == "prod") && !caller.scope.admin {
+        return Err(ApiError::Forbidden(format!(
+            "{} is in a prod space: only an admin token may destroy it.",
+            a.key()
+        )));
+    }
     let mut w = cp.begin().await?;
     for table in [
         "log_sessions",

@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use wharf_config::Artifact;
 
 use super::apps::load;
-use super::releases::append_release;
 use super::{Body, json, paginate, ts};
 use crate::ControlPlane;
 use crate::auth::Caller;
@@ -122,9 +121,10 @@ pub async fn create(
         .await?
         .map(|r| r.config())
         .unwrap_or_default();
-    let r = append_release(
+    let r = super::releases::release_build(
+        &cp,
         &mut w.tx,
-        &a.id,
+        &a,
         Some(artifact_text),
         Some(b.id.clone()),
         &config,

@@ -14,7 +14,7 @@ use super::{Body, json};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{current_release, find_app};
+use crate::store::{AppRow, current_release, find_app};
 
 fn is_env_name(s: &str) -> bool {
     let b = s.as_bytes();
@@ -22,6 +22,15 @@ fn is_env_name(s: &str) -> bool {
         && b.len() <= 256
         && (b[0].is_ascii_alphabetic() || b[0] == b'_')
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// Config vars as an answer: secret-looking values redacted for apps in `socs` spaces.
+fn answer(cp: &ControlPlane, a: &AppRow, vars: &BTreeMap<String, String>) -> Value {
+    if a.is_socs() {
+        to_json(&cp.secrets().vars(vars))
+    } else {
+        to_json(vars)
+    }
 }
 
 fn to_json(vars: &BTreeMap<String, String>) -> Value {
@@ -43,7 +52,7 @@ pub async fn get_vars(
         .await?
         .map(|r| r.config())
         .unwrap_or_default();
-    Ok(json(StatusCode::OK, to_json(&vars)))
+    Ok(json(StatusCode::OK, answer(&cp, &a, &vars)))
 }
 
 pub async fn patch_vars(
@@ -98,8 +107,9 @@ pub async fn patch_vars(
         }
     }
     if vars == before {
-        return Ok(json(StatusCode::OK, to_json(&vars)));
+        return Ok(json(StatusCode::OK, answer(&cp, &a, &vars)));
     }
+    crate::canary::ensure_none_running(&mut w.tx, &a).await?;
     let mut parts = Vec::new();
     if !set.is_empty() {
         parts.push(format!("Set {} config vars", set.join(", ")));
@@ -122,5 +132,5 @@ pub async fn patch_vars(
     cp.commit(w, true).await?;
     // Names only: values may be secrets.
     tracing::info!(app = %a.key(), set = ?set, removed = ?removed, "config vars changed");
-    Ok(json(StatusCode::OK, to_json(&vars)))
+    Ok(json(StatusCode::OK, answer(&cp, &a, &vars)))
 }

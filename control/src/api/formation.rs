@@ -77,15 +77,30 @@ fn quantity(v: &Value) -> ApiResult<i64> {
     }
 }
 
+/// In a `prod` space only an admin token may take a process type to zero dynos.
+fn check_prod_zero(caller: &Caller, a: &AppRow, ptype: &str) -> ApiResult<()> {
+    if a.compliance().iter().any(|c| c == "prod") && !caller.scope.admin {
+        return Err(ApiError::Forbidden(format!(
+            "{} is in a prod space: only an admin token may scale {ptype} to zero.",
+            a.key()
+        )));
+    }
+    Ok(())
+}
+
 /// Apply one update to `app`'s process type (created when missing).
 async fn apply(
     c: &mut AnyConnection,
+    caller: &Caller,
     a: &AppRow,
     ptype: &str,
     u: &FormationUpdate,
 ) -> ApiResult<FormationRow> {
     check_name("type", ptype)?;
     let q = u.quantity.as_ref().map(quantity).transpose()?;
+    if q == Some(0) {
+        check_prod_zero(caller, a, ptype)?;
+    }
     if let Some(size) = &u.size
         && !DYNO_SIZES.iter().any(|(n, _)| n.eq_ignore_ascii_case(size))
     {
@@ -247,7 +262,7 @@ pub async fn batch(
             .process_type
             .clone()
             .ok_or_else(|| ApiError::invalid("updates.type", "every update names its type"))?;
-        out.push(apply(&mut w.tx, &a, &ptype, u).await?);
+        out.push(apply(&mut w.tx, &caller, &a, &ptype, u).await?);
     }
     cp.commit(w, true).await?;
     Ok(json(
@@ -265,7 +280,7 @@ pub async fn update(
     load(&cp, &caller, &app).await?;
     let mut w = cp.begin().await?;
     let a = find_app(&mut w.tx, &app).await?;
-    let f = apply(&mut w.tx, &a, &ptype, &body).await?;
+    let f = apply(&mut w.tx, &caller, &a, &ptype, &body).await?;
     cp.commit(w, true).await?;
     Ok(json(StatusCode::OK, formation_json(&a, &f)))
 }
@@ -277,6 +292,7 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     let a = load(&cp, &caller, &app).await?;
     let f = find(&cp, &a, &ptype).await?;
+    check_prod_zero(&caller, &a, &f.process_type)?;
     let mut w = cp.begin().await?;
     sqlx::query("DELETE FROM formation WHERE id = $1")
         .bind(&f.id)

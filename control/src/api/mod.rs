@@ -13,6 +13,7 @@ pub mod dynos;
 pub mod filters;
 pub mod formation;
 pub mod log_sessions;
+pub mod pipelines;
 pub mod releases;
 pub mod routes;
 pub mod sites;
@@ -136,8 +137,46 @@ pub fn router(cp: ControlPlane) -> Router {
             "/certificates/{cert}",
             get(certificates::info).delete(certificates::delete),
         )
+        .route("/pipelines", get(pipelines::list).post(pipelines::create))
+        .route(
+            "/pipelines/{pipeline}",
+            get(pipelines::info)
+                .patch(pipelines::update)
+                .delete(pipelines::delete),
+        )
+        .route(
+            "/pipelines/{pipeline}/pipeline-couplings",
+            get(pipelines::list_couplings),
+        )
+        .route(
+            "/pipelines/{pipeline}/promotions",
+            get(pipelines::list_promotions),
+        )
+        .route("/pipeline-couplings", post(pipelines::couple))
+        .route(
+            "/pipeline-couplings/{coupling}",
+            get(pipelines::coupling_info).delete(pipelines::uncouple),
+        )
+        .route("/pipeline-promotions", post(pipelines::promote))
+        .route(
+            "/pipeline-promotions/{promotion}",
+            get(pipelines::promotion_info),
+        )
+        .route(
+            "/apps/{app}/canary-settings",
+            get(crate::canary::get_settings).put(crate::canary::put_settings),
+        )
+        .route("/apps/{app}/canary", get(crate::canary::info))
+        .route("/apps/{app}/canary/promote", post(crate::canary::promote))
+        .route("/apps/{app}/canary/abort", post(crate::canary::abort))
+        .route("/audit", get(crate::audit::list))
+        .route_layer(axum::middleware::from_fn_with_state(
+            cp.clone(),
+            crate::audit::layer,
+        ))
         .route("/v1/snapshot", get(snapshot::poll))
         .route("/openapi.json", get(crate::openapi::serve))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(reject_nul))
@@ -161,6 +200,15 @@ fn has_nul(v: &Value) -> bool {
         Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
         _ => false,
     }
+}
+
+/// Prometheus text exposition of the control plane's metrics (no token: scrapers have none).
+async fn metrics(axum::extract::State(cp): axum::extract::State<ControlPlane>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        cp.metrics().render(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

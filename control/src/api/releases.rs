@@ -33,6 +33,7 @@ pub(crate) fn release_json(a: &AppRow, r: &ReleaseRow, current: bool) -> Value {
         "user": {"id": r.user_email, "email": r.user_email},
         "slug": r.build_id.as_ref().map(|b| json!({"id": b})),
         "artifact": r.artifact.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
+        "outcome": r.outcome.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
         "addon_plan_names": [],
         "output_stream_url": null,
         "created_at": ts(r.created_at),
@@ -68,6 +69,7 @@ pub(crate) async fn append_release(
         user_email: email.to_owned(),
         created_at: now,
         updated_at: now,
+        outcome: None,
     };
     sqlx::query("INSERT INTO releases (id, app_id, version, description, artifact, build_id, config, status, user_email, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)")
         .bind(&r.id)
@@ -96,7 +98,12 @@ pub async fn list(
         .bind(&a.id)
         .fetch_all(cp.store().pool())
         .await?;
-    let newest = rows.iter().map(|r| r.version).max().unwrap_or(0);
+    let newest = rows
+        .iter()
+        .filter(|r| r.status == "succeeded")
+        .map(|r| r.version)
+        .max()
+        .unwrap_or(0);
     let items = rows
         .iter()
         .map(|r| release_json(&a, r, r.version == newest))
@@ -140,6 +147,7 @@ pub async fn create(
     let a = find_app(&mut w.tx, &app).await?;
     let r = match (body.release, body.slug) {
         (Some(target), None) => {
+            crate::canary::ensure_none_running(&mut w.tx, &a).await?;
             let old = find_release(&mut w.tx, &a.id, &target).await?;
             if old.artifact.is_none()
                 && current_release(&mut w.tx, &a.id)
@@ -191,9 +199,10 @@ pub async fn create(
             let desc = body
                 .description
                 .unwrap_or_else(|| format!("Deploy {}", &b.id[..8]));
-            append_release(
+            release_build(
+                &cp,
                 &mut w.tx,
-                &a.id,
+                &a,
                 Some(b.artifact.clone()),
                 Some(b.id.clone()),
                 &config,
@@ -210,8 +219,115 @@ pub async fn create(
         }
     };
     cp.commit(w, true).await?;
-    tracing::info!(app = %a.key(), version = r.version, "released");
-    Ok(json(StatusCode::CREATED, release_json(&a, &r, true)))
+    tracing::info!(app = %a.key(), version = r.version, status = %r.status, "released");
+    let current = r.status == "succeeded";
+    Ok(json(StatusCode::CREATED, release_json(&a, &r, current)))
+}
+
+/// Release a build's artifact: in a `socs` space it is held `pending` until its status checks
+/// pass (the pipeline's required ones, else at least one, and none failing); elsewhere it is
+/// deployed, as a canary when the app runs canaries.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn release_build(
+    cp: &ControlPlane,
+    c: &mut AnyConnection,
+    a: &AppRow,
+    artifact: Option<String>,
+    build_id: Option<String>,
+    config: &BTreeMap<String, String>,
+    description: &str,
+    email: &str,
+) -> ApiResult<ReleaseRow> {
+    if !a.is_socs() {
+        return crate::canary::deploy(cp, c, a, artifact, build_id, config, description, email)
+            .await;
+    }
+    crate::canary::ensure_none_running(c, a).await?;
+    let mut r = append_release(c, &a.id, artifact, build_id, config, description, email).await?;
+    r.status = "pending".into();
+    sqlx::query("UPDATE releases SET status = 'pending' WHERE id = $1")
+        .bind(&r.id)
+        .execute(&mut *c)
+        .await?;
+    tracing::info!(app = %a.key(), version = r.version, "socs: release held until its checks pass");
+    Ok(r)
+}
+
+/// The checks a held (`pending`) socs release waits for: its pipeline's required checks.
+async fn required_checks_of(c: &mut AnyConnection, app_id: &str) -> ApiResult<Vec<String>> {
+    let p: Option<String> = sqlx::query_scalar(
+        "SELECT p.required_checks FROM pipelines p JOIN pipeline_couplings k \
+         ON k.pipeline_id = p.id WHERE k.app_id = $1",
+    )
+    .bind(app_id)
+    .fetch_optional(&mut *c)
+    .await?;
+    Ok(p.and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
+}
+
+/// After a check changed on a held socs release: fail it when a check failed, make it
+/// current when every check it waits for passed.
+async fn settle_held(c: &mut AnyConnection, a: &AppRow, r: &ReleaseRow) -> ApiResult<&'static str> {
+    let failed: Option<String> = sqlx::query_scalar(
+        "SELECT context FROM release_statuses WHERE release_id = $1 \
+         AND state IN ('failure', 'error') ORDER BY context LIMIT 1",
+    )
+    .bind(&r.id)
+    .fetch_optional(&mut *c)
+    .await?;
+    let now = now_us();
+    if let Some(ctx) = failed {
+        let outcome =
+            json!({"state": "failed", "reason": format!("status check {ctx} did not pass")});
+        sqlx::query(
+            "UPDATE releases SET status = 'failed', outcome = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(outcome.to_string())
+        .bind(now)
+        .bind(&r.id)
+        .execute(&mut *c)
+        .await?;
+        return Ok("failed");
+    }
+    let required = required_checks_of(c, &a.id).await?;
+    let blocking = super::pipelines::blocking_checks(c, &required, r, true).await?;
+    if !blocking.is_empty() {
+        return Ok("pending");
+    }
+    crate::canary::ensure_none_running(c, a).await?;
+    let newer = current_release(c, &a.id)
+        .await?
+        .is_some_and(|cur| cur.version > r.version);
+    if newer {
+        // Something was released meanwhile: release the artifact again on top of it.
+        let cur = current_release(c, &a.id)
+            .await?
+            .map(|x| x.config())
+            .unwrap_or_default();
+        append_release(
+            c,
+            &a.id,
+            r.artifact.clone(),
+            r.build_id.clone(),
+            &cur,
+            &format!("Deploy v{} (checks passed)", r.version),
+            &r.user_email,
+        )
+        .await?;
+        sqlx::query("UPDATE releases SET status = 'superseded', updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&r.id)
+            .execute(&mut *c)
+            .await?;
+    } else {
+        sqlx::query("UPDATE releases SET status = 'succeeded', updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&r.id)
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok("succeeded")
 }
 
 fn status_json(s: &StatusRow) -> Value {
@@ -290,8 +406,9 @@ pub async fn create_status(
     {
         return Err(ApiError::invalid("target_url", "must be an http(s) URL"));
     }
-    let mut c = cp.store().pool().begin().await?;
-    let r = find_release(&mut c, &a.id, &release).await?;
+    let mut w = cp.begin().await?;
+    let c: &mut AnyConnection = &mut w.tx;
+    let r = find_release(c, &a.id, &release).await?;
     let now = now_us();
     let existing: Option<StatusRow> =
         sqlx::query_as("SELECT * FROM release_statuses WHERE release_id = $1 AND context = $2")
@@ -339,6 +456,14 @@ pub async fn create_status(
             (s, StatusCode::CREATED)
         }
     };
-    c.commit().await?;
+    let failed = status.state == "failure" || status.state == "error";
+    if r.status == "pending" && a.is_socs() {
+        let settled = settle_held(&mut w.tx, &a, &r).await?;
+        tracing::info!(app = %a.key(), version = r.version, settled, "socs release checked");
+    }
+    cp.commit(w, true).await?;
+    if r.status == "canary" && failed {
+        crate::canary::on_failed_check(&cp, &a, r.version, &status.context, &status.state).await?;
+    }
     Ok(json(code, status_json(&status)))
 }

@@ -74,6 +74,8 @@ pub struct ReleaseRow {
     pub user_email: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Why a canary ended as it did: `{"reason", "figures"}` (JSON).
+    pub outcome: Option<String>,
 }
 
 impl ReleaseRow {
@@ -268,10 +270,11 @@ pub async fn find_filter(c: &mut AnyConnection, ident: &str) -> ApiResult<Filter
         .ok_or_else(|| ApiError::not_found("filter", ident))
 }
 
-/// The newest release of an app (the current one: rollbacks are new releases).
+/// The newest `succeeded` release of an app: the current one (rollbacks are new releases; a
+/// running canary, a socs build waiting for its checks and an aborted release are not).
 pub async fn current_release(c: &mut AnyConnection, app_id: &str) -> ApiResult<Option<ReleaseRow>> {
     Ok(
-        sqlx::query_as("SELECT * FROM releases WHERE app_id = $1 ORDER BY version DESC LIMIT 1")
+        sqlx::query_as("SELECT * FROM releases WHERE app_id = $1 AND status = 'succeeded' ORDER BY version DESC LIMIT 1")
             .bind(app_id)
             .fetch_optional(&mut *c)
             .await?,
