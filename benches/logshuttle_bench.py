@@ -13,6 +13,7 @@ RELAY = os.environ["RELAY_BIN"]
 TANSU = os.environ.get("TANSU_BIN", "")
 N = int(os.environ.get("LINES", "1000000"))
 N_KAFKA = int(os.environ.get("LINES_KAFKA", "200000"))
+STALL_FILL = 100_000
 PAD = "x" * 60
 MARK = b"<190>1 "
 
@@ -31,6 +32,9 @@ class Receiver:
     def __init__(self, read=True):
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if not read:
+            # A small window, as a receiver that stopped reading long ago would show.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
@@ -98,6 +102,14 @@ def run(name, start_relay, n, payload, stalled=False):
     end = time.time() + 60
     while recv.count < 1 and time.time() < end:
         time.sleep(0.01)
+    if stall:
+        # Steady state with one drain stalled: fill the stalled connection and its buffer,
+        # and wait past the stall deadline (the relay runs with --stall-timeout-ms 1000), so
+        # the figure is the healthy drain's throughput while the other one is declared stalled.
+        s.sendall(frames(STALL_FILL))
+        end = time.time() + 120
+        while recv.count < 1 + STALL_FILL and time.time() < end:
+            time.sleep(0.01)
     base = recv.count
     t0 = time.monotonic()
     s.sendall(payload)
@@ -128,7 +140,8 @@ def run(name, start_relay, n, payload, stalled=False):
 def wharf(kafka=None):
     def start(tmp, port, stall_port):
         pf = os.path.join(tmp, "port")
-        args = [RELAY, "--port-file", pf, "--drain", f"syslog+tcp://127.0.0.1:{port}"]
+        args = [RELAY, "--port-file", pf, "--drain", f"syslog+tcp://127.0.0.1:{port}",
+                "--stall-timeout-ms", "1000"]
         if stall_port:
             args += ["--drain", f"syslog+tcp://127.0.0.1:{stall_port}"]
         if kafka:

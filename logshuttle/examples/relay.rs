@@ -1,7 +1,8 @@
 //! A syslog relay built on the shuttle, for `benches/logshuttle.sh`: syslog TCP in (bound to
 //! one app's token) → bus → one or more drains. Writes the ingest port to `--port-file`.
 //!
-//! `relay --port-file F --drain syslog+tcp://127.0.0.1:P [--drain URL…] [--kafka BROKERS]`
+//! `relay --port-file F --drain syslog+tcp://127.0.0.1:P [--drain URL…] [--kafka BROKERS]
+//!  [--stall-timeout-ms MS]`
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,11 +23,19 @@ async fn main() {
     let mut drains = Vec::new();
     let mut port_file = None;
     let mut kafka = None;
+    let mut stall = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--drain" => drains.push(args.next().expect("--drain URL")),
             "--port-file" => port_file = args.next(),
             "--kafka" => kafka = args.next(),
+            "--stall-timeout-ms" => {
+                let ms: u64 = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("milliseconds");
+                stall = Some(Duration::from_millis(ms));
+            }
             other => panic!("unknown argument {other:?}"),
         }
     }
@@ -66,9 +75,11 @@ async fn main() {
         }),
         None => BusChoice::InProcess,
     };
+    let defaults = Options::default();
     let opts = Options {
         bus,
-        ..Options::default()
+        drain_stall_timeout: stall.unwrap_or(defaults.drain_stall_timeout),
+        ..defaults
     };
     let shuttle = Shuttle::start(opts, plan).await.expect("start");
     let l = shuttle

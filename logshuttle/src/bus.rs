@@ -77,13 +77,27 @@ impl Ack {
     }
 }
 
+/// Resolves once the lines of one [`Bus::send`] are durable (Kafka: acknowledged by the
+/// broker; in-process: at once).
+pub type Receipt = futures::future::BoxFuture<'static, Result<(), Error>>;
+
 /// Where lines travel between ingest and drains. Both implementations keep each app's lines in
 /// order and hand every line out with an [`Ack`].
 #[async_trait::async_trait]
 pub trait Bus: Send + Sync + 'static {
+    /// Hand `lines` to the bus, in order after whatever was sent before, and return without
+    /// waiting for durability: the [`Receipt`] says when they are durable. Waits only while the
+    /// bus is full. The lines are taken (in-process) or left in place (Kafka, which encoded
+    /// them): clear `lines` once the receipt has resolved.
+    async fn send(&self, lines: &mut Vec<LogLine>) -> Result<Receipt, Error>;
     /// Publish lines; returns once the bus holds them (Kafka: acknowledged by the broker). On
     /// success `lines` is left empty; on error it may still hold them, to publish again.
-    async fn publish(&self, lines: &mut Vec<LogLine>) -> Result<(), Error>;
+    async fn publish(&self, lines: &mut Vec<LogLine>) -> Result<(), Error> {
+        let receipt = self.send(lines).await?;
+        receipt.await?;
+        lines.clear();
+        Ok(())
+    }
     /// The one consumer of this shuttle: batches of lines, in order per app.
     async fn subscribe(&self) -> Result<mpsc::Receiver<Vec<Consumed>>, Error>;
     /// Commit what is accounted for and stop.
@@ -112,7 +126,10 @@ impl InProcessBus {
 
 #[async_trait::async_trait]
 impl Bus for InProcessBus {
-    async fn publish(&self, lines: &mut Vec<LogLine>) -> Result<(), Error> {
+    async fn send(&self, lines: &mut Vec<LogLine>) -> Result<Receipt, Error> {
+        if lines.is_empty() {
+            return Ok(Box::pin(std::future::ready(Ok(()))));
+        }
         let batch = std::mem::take(lines)
             .into_iter()
             .map(|line| Consumed {
@@ -120,7 +137,8 @@ impl Bus for InProcessBus {
                 ack: Ack::none(),
             })
             .collect();
-        self.tx.send(batch).await.map_err(|_| Error::Closed)
+        self.tx.send(batch).await.map_err(|_| Error::Closed)?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
     }
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<Vec<Consumed>>, Error> {

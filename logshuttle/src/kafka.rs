@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use wharf_config::LogLine;
 
 use crate::Error;
-use crate::bus::{Ack, Acker, Bus, Consumed, OffsetTracker};
+use crate::bus::{Ack, Acker, Bus, Consumed, OffsetTracker, Receipt};
 use crate::metrics::Metrics;
 
 /// Where and how to reach Kafka.
@@ -154,15 +154,135 @@ fn commit_dirty(consumer: &StreamConsumer, acker: &KafkaAcker, topic: &str, mode
     }
 }
 
+/// Lines of one app travel together: a record holds up to this many lines or bytes.
+const RECORD_LINES: usize = 500;
+const RECORD_BYTES: usize = 128 * 1024;
+/// `WL` and format version 1.
+const MAGIC: &[u8; 3] = b"WL\x01";
+
+/// Record payloads for `lines`: per app (the record key), in order, `RECORD_LINES` at most.
+///
+/// Format: `WL\x01`, app and space (u16 length + bytes each), then per line: source (u8: 0 app,
+/// 1 heroku), timestamp (i64 µs, little-endian), process (u16 length + bytes), text (u32
+/// length + bytes). One record per batch of an app's lines keeps the broker's per-record work
+/// (and the consumer's) off the per-line path.
+pub fn encode_records(lines: &[LogLine]) -> Vec<(String, Vec<u8>)> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut groups: HashMap<&str, Vec<&LogLine>> = HashMap::new();
+    for l in lines {
+        let g = groups.entry(&l.app).or_insert_with(|| {
+            order.push(&l.app);
+            Vec::new()
+        });
+        g.push(l);
+    }
+    let mut out = Vec::new();
+    for app in order {
+        let mut cur: Option<(Vec<u8>, usize, &str)> = None;
+        for l in &groups[app] {
+            if let Some((buf, n, space)) = &cur
+                && (*n >= RECORD_LINES || buf.len() >= RECORD_BYTES || *space != l.space)
+            {
+                let (buf, _, _) = cur.take().expect("checked");
+                out.push((app.to_owned(), buf));
+            }
+            let (buf, n, _) = cur.get_or_insert_with(|| {
+                let mut b = Vec::with_capacity(16 * 1024);
+                b.extend_from_slice(MAGIC);
+                put_str16(&mut b, &l.app);
+                put_str16(&mut b, &l.space);
+                (b, 0, l.space.as_str())
+            });
+            buf.push(match l.source {
+                wharf_config::Source::App => 0,
+                wharf_config::Source::Heroku => 1,
+            });
+            buf.extend_from_slice(&l.timestamp_us.to_le_bytes());
+            put_str16(buf, &l.process);
+            let text = l.line.as_bytes();
+            buf.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            buf.extend_from_slice(text);
+            *n += 1;
+        }
+        if let Some((buf, _, _)) = cur {
+            out.push((app.to_owned(), buf));
+        }
+    }
+    out
+}
+
+fn put_str16(b: &mut Vec<u8>, s: &str) {
+    // Names and process types are short; anything longer is cut at a character boundary.
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    b.extend_from_slice(&(end as u16).to_le_bytes());
+    b.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+/// The lines of a record payload; a JSON line (the format before batching) is read too.
+pub fn decode_record(p: &[u8]) -> Result<Vec<LogLine>, String> {
+    struct R<'a>(&'a [u8]);
+    impl<'a> R<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+            if self.0.len() < n {
+                return Err("record ends early".to_owned());
+            }
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            Ok(a)
+        }
+        fn str_n(&mut self, n: usize) -> Result<String, String> {
+            let b = self.take(n)?;
+            String::from_utf8(b.to_vec()).map_err(|_| "text is not UTF-8".to_owned())
+        }
+        fn str16(&mut self) -> Result<String, String> {
+            let n = u16::from_le_bytes(self.take(2)?.try_into().map_err(|_| "len")?);
+            self.str_n(n as usize)
+        }
+    }
+    if p.first() == Some(&b'{') {
+        return serde_json::from_slice::<LogLine>(p)
+            .map(|l| vec![l])
+            .map_err(|e| e.to_string());
+    }
+    let Some(body) = p.strip_prefix(MAGIC) else {
+        return Err("not a log record (unknown format)".to_owned());
+    };
+    let mut r = R(body);
+    let app = r.str16()?;
+    let space = r.str16()?;
+    let mut lines = Vec::new();
+    while !r.0.is_empty() {
+        let source = match r.take(1)?[0] {
+            0 => wharf_config::Source::App,
+            1 => wharf_config::Source::Heroku,
+            x => return Err(format!("unknown source {x}")),
+        };
+        let ts = i64::from_le_bytes(r.take(8)?.try_into().map_err(|_| "ts")?);
+        let process = r.str16()?;
+        let n = u32::from_le_bytes(r.take(4)?.try_into().map_err(|_| "len")?);
+        let line = r.str_n(n as usize)?;
+        lines.push(LogLine {
+            app: app.clone(),
+            space: space.clone(),
+            source,
+            process,
+            timestamp_us: ts,
+            line,
+        });
+    }
+    Ok(lines)
+}
+
 #[async_trait::async_trait]
 impl Bus for KafkaBus {
-    async fn publish(&self, lines: &mut Vec<LogLine>) -> Result<(), Error> {
-        let mut futures = Vec::with_capacity(lines.len());
-        for line in lines.iter() {
-            let payload = serde_json::to_vec(line).map_err(|e| Error::KafkaSetup(e.to_string()))?;
-            let mut record = FutureRecord::to(&self.opts.topic)
-                .key(&line.app)
-                .payload(&payload);
+    async fn send(&self, lines: &mut Vec<LogLine>) -> Result<Receipt, Error> {
+        let records = encode_records(lines);
+        let mut futures = Vec::with_capacity(records.len());
+        for (key, payload) in &records {
+            let mut record = FutureRecord::to(&self.opts.topic).key(key).payload(payload);
             loop {
                 match self.producer.send_result(record) {
                     Ok(f) => {
@@ -180,15 +300,16 @@ impl Bus for KafkaBus {
                 }
             }
         }
-        for f in futures {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(e.into()),
-                Err(_) => return Err(Error::Closed),
+        Ok(Box::pin(async move {
+            for f in futures {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(e.into()),
+                    Err(_) => return Err(Error::Closed),
+                }
             }
-        }
-        lines.clear();
-        Ok(())
+            Ok(())
+        }))
     }
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<Vec<Consumed>>, Error> {
@@ -203,7 +324,9 @@ impl Bus for KafkaBus {
         consumer.subscribe(&[&self.opts.topic])?;
         let consumer = Arc::new(consumer);
         *self.consumer.lock() = Some(consumer.clone());
-        let (tx, rx) = mpsc::channel::<Vec<Consumed>>(64);
+        // Few batches between the reader and the dispatcher: while a drain holds the bus
+        // back, the backlog stays in Kafka (and shows as consumer lag), not in memory.
+        let (tx, rx) = mpsc::channel::<Vec<Consumed>>(4);
         let acker = self.acker.clone();
         let metrics = self.metrics.clone();
         let reader_consumer = consumer.clone();
@@ -222,7 +345,7 @@ impl Bus for KafkaBus {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                while batch.len() < 512 {
+                while batch.len() < 4096 {
                     match stream.next().now_or_never() {
                         Some(Some(r)) => {
                             if !take(r, &acker, &metrics, &mut batch) {
@@ -297,13 +420,19 @@ fn take(
     let (partition, offset) = (msg.partition(), msg.offset());
     acker.commits.lock().tracker.register(partition, offset);
     let ack = Ack::new(partition, offset, acker.clone());
-    let line = msg
-        .payload()
-        .and_then(|p| serde_json::from_slice::<LogLine>(p).ok());
+    let lines = decode_record(msg.payload().unwrap_or_default());
     drop(msg);
-    match line {
-        Some(line) => batch.push(Consumed { line, ack }),
-        None => {
+    match lines {
+        Ok(lines) => {
+            for line in lines {
+                batch.push(Consumed {
+                    line,
+                    ack: ack.share(),
+                });
+            }
+            ack.done();
+        }
+        Err(e) => {
             metrics
                 .ingest_errors
                 .with_label_values(&["kafka", "bad payload"])
@@ -311,6 +440,7 @@ fn take(
             tracing::warn!(
                 partition,
                 offset,
+                error = %e,
                 "skipping a record that is not a log line"
             );
             ack.done();
@@ -336,4 +466,64 @@ fn update_lag(consumer: &StreamConsumer, topic: &str, metrics: &Metrics) {
         }
     }
     drop(pos);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wharf_config::Source;
+
+    fn l(app: &str, i: usize) -> LogLine {
+        LogLine {
+            app: app.to_owned(),
+            space: "s".to_owned(),
+            source: if i % 3 == 0 {
+                Source::Heroku
+            } else {
+                Source::App
+            },
+            process: if i % 2 == 0 { "web.1" } else { "" }.to_owned(),
+            timestamp_us: 1_700_000_000_000_000 + i as i64,
+            line: format!("line {i} é"),
+        }
+    }
+
+    #[test]
+    fn records_keep_each_apps_lines_in_order_and_round_trip() {
+        let mut lines = Vec::new();
+        for i in 0..1_200 {
+            lines.push(l(if i % 4 == 0 { "b-s" } else { "a-s" }, i));
+        }
+        let records = encode_records(&lines);
+        // In order of first appearance: b (300 lines, one record), a (900, at most 500 each).
+        let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["b-s", "a-s", "a-s"]);
+        let mut back: Vec<LogLine> = Vec::new();
+        for (key, payload) in &records {
+            let got = decode_record(payload).unwrap();
+            assert!(got.iter().all(|x| &x.app == key));
+            back.extend(got);
+        }
+        let want_a: Vec<&LogLine> = lines.iter().filter(|x| x.app == "a-s").collect();
+        let got_a: Vec<&LogLine> = back.iter().filter(|x| x.app == "a-s").collect();
+        assert_eq!(got_a, want_a);
+        let want_b: Vec<&LogLine> = lines.iter().filter(|x| x.app == "b-s").collect();
+        let got_b: Vec<&LogLine> = back.iter().filter(|x| x.app == "b-s").collect();
+        assert_eq!(got_b, want_b);
+    }
+
+    #[test]
+    fn old_json_records_are_read_and_garbage_is_refused() {
+        let one = l("a-s", 1);
+        let json = serde_json::to_vec(&one).unwrap();
+        assert_eq!(decode_record(&json).unwrap(), vec![one]);
+        assert!(
+            decode_record(b"nope")
+                .unwrap_err()
+                .contains("unknown format")
+        );
+        let (_, mut p) = encode_records(&[l("a-s", 2)]).remove(0);
+        p.truncate(p.len() - 3);
+        assert!(decode_record(&p).unwrap_err().contains("ends early"));
+    }
 }

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub drain_dropped: IntCounterVec,
     pub drain_buffer: IntGaugeVec,
     pub drain_connected: IntGaugeVec,
+    /// 1 while a drain is declared stalled (no progress with a full buffer) and sheds.
+    pub drain_stalled: IntGaugeVec,
+    /// Lines accepted by network ingest that the bus did not take (produce failed), per path.
+    pub ingest_lost: IntCounterVec,
     /// Tail sessions cut loose because their reader fell behind.
     pub tail_cut: IntCounter,
     pub tail_sessions: IntGauge,
@@ -86,6 +90,20 @@ impl Metrics {
                 ),
                 &drain,
             )?,
+            drain_stalled: IntGaugeVec::new(
+                Opts::new(
+                    "wharf_logshuttle_drain_stalled",
+                    "1 while the drain is declared stalled and sheds its oldest lines",
+                ),
+                &drain,
+            )?,
+            ingest_lost: IntCounterVec::new(
+                Opts::new(
+                    "wharf_logshuttle_ingest_lost_total",
+                    "Lines taken by syslog ingest that the bus then failed to store, per path",
+                ),
+                &["path"],
+            )?,
             tail_cut: IntCounter::new(
                 "wharf_logshuttle_tail_cut_total",
                 "Tail sessions cut loose (L11)",
@@ -110,6 +128,8 @@ impl Metrics {
         r.register(Box::new(m.drain_dropped.clone()))?;
         r.register(Box::new(m.drain_buffer.clone()))?;
         r.register(Box::new(m.drain_connected.clone()))?;
+        r.register(Box::new(m.drain_stalled.clone()))?;
+        r.register(Box::new(m.ingest_lost.clone()))?;
         r.register(Box::new(m.tail_cut.clone()))?;
         r.register(Box::new(m.tail_sessions.clone()))?;
         r.register(Box::new(m.kafka_lag.clone()))?;
@@ -132,6 +152,7 @@ impl Metrics {
             dropped: self.drain_dropped.with_label_values(&l),
             buffer: self.drain_buffer.with_label_values(&l),
             connected: self.drain_connected.with_label_values(&l),
+            stalled: self.drain_stalled.with_label_values(&l),
         }
     }
 
@@ -139,6 +160,7 @@ impl Metrics {
         let l = [app, drain];
         let _ = self.drain_buffer.remove_label_values(&l);
         let _ = self.drain_connected.remove_label_values(&l);
+        let _ = self.drain_stalled.remove_label_values(&l);
     }
 }
 
@@ -150,4 +172,5 @@ pub(crate) struct DrainMetrics {
     pub dropped: IntCounter,
     pub buffer: IntGauge,
     pub connected: IntGauge,
+    pub stalled: IntGauge,
 }

@@ -52,6 +52,10 @@ pub struct Options {
     pub backoff_cap: Duration,
     pub connect_timeout: Duration,
     pub write_timeout: Duration,
+    /// A drain whose buffer is full holds the bus back (it is only slow) until it has made no
+    /// progress for this long; then it is declared stalled and sheds its oldest lines (L10)
+    /// until it catches up, so that it slows nobody else.
+    pub drain_stall_timeout: Duration,
     pub http_timeout: Duration,
     /// HTTPS batches: at most this many lines, this many bytes, after waiting this long.
     pub http_batch_lines: usize,
@@ -74,6 +78,7 @@ impl Default for Options {
             backoff_cap: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            drain_stall_timeout: Duration::from_secs(5),
             http_timeout: Duration::from_secs(30),
             http_batch_lines: 500,
             http_batch_bytes: 1024 * 1024,
@@ -96,6 +101,8 @@ struct AppRoute {
     socs: bool,
     drains: Vec<Arc<DrainQueue>>,
     stream: Arc<AppStream>,
+    /// `ingest_lines` of this app, resolved once.
+    ingested: prometheus::IntCounter,
 }
 
 struct Running {
@@ -252,39 +259,61 @@ async fn dispatcher(
     inner: std::sync::Weak<Inner>,
     mut rx: mpsc::Receiver<Vec<crate::bus::Consumed>>,
 ) {
+    let mut run: Vec<crate::bus::Consumed> = Vec::new();
     while let Some(batch) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { return };
         let routes = inner.routes.read().clone();
-        for c in batch {
-            match routes.get(&c.line.app) {
+        // Runs of one app's lines: one route lookup, one buffer append per drain, one counter
+        // update — not one of each per line.
+        let mut it = batch.into_iter().peekable();
+        while let Some(first) = it.next() {
+            run.clear();
+            run.push(first);
+            while let Some(next) = it.next_if(|c| c.line.app == run[0].line.app) {
+                run.push(next);
+            }
+            match routes.get(&run[0].line.app) {
                 None => {
-                    inner.metrics.unrouted.inc();
-                    c.ack.done();
-                }
-                Some(r) => {
-                    inner
-                        .metrics
-                        .ingest_lines
-                        .with_label_values(&[&c.line.app])
-                        .inc();
-                    let mut line = c.line;
-                    if r.socs
-                        && let Some(red) = wire::redact_secrets(&line.line)
-                    {
-                        line.line = red;
+                    inner.metrics.unrouted.inc_by(run.len() as u64);
+                    for c in run.drain(..) {
+                        c.ack.done();
                     }
-                    let line = Arc::new(line);
-                    for q in &r.drains {
-                        q.push(Item {
-                            line: line.clone(),
-                            ack: c.ack.share(),
-                        });
-                    }
-                    r.stream.push(line);
-                    c.ack.done();
                 }
+                Some(r) => dispatch_run(r, &mut run).await,
             }
         }
+    }
+}
+
+async fn dispatch_run(r: &AppRoute, run: &mut Vec<crate::bus::Consumed>) {
+    r.ingested.inc_by(run.len() as u64);
+    let mut lines = Vec::with_capacity(run.len());
+    let mut acks = Vec::with_capacity(run.len());
+    for c in run.drain(..) {
+        let mut line = c.line;
+        if r.socs
+            && let Some(red) = wire::redact_secrets(&line.line)
+        {
+            line.line = red;
+        }
+        lines.push(Arc::new(line));
+        acks.push(c.ack);
+    }
+    // History and tails first: they never wait.
+    r.stream.push_many(&lines);
+    for q in &r.drains {
+        let items = lines
+            .iter()
+            .zip(&acks)
+            .map(|(line, ack)| Item {
+                line: line.clone(),
+                ack: ack.share(),
+            })
+            .collect();
+        q.push_many(items).await;
+    }
+    for a in acks {
+        a.done();
     }
 }
 
@@ -369,7 +398,12 @@ impl Handle {
                 .map(|a| a.space.clone())
                 .unwrap_or_default();
             let metrics = inner.metrics.for_drain(key, id);
-            let queue = Arc::new(DrainQueue::new(s.drain_buffer_lines, metrics.clone()));
+            let queue = Arc::new(DrainQueue::new(
+                s.drain_buffer_lines,
+                inner.opts.drain_stall_timeout,
+                metrics.clone(),
+                *id,
+            ));
             let task = drain::spawn(DrainCtx {
                 target: (*target).clone(),
                 queue: queue.clone(),
@@ -410,6 +444,7 @@ impl Handle {
                     socs: app.socs,
                     drains: qs,
                     stream: stream.clone(),
+                    ingested: inner.metrics.ingest_lines.with_label_values(&[key]),
                 },
             );
             if let Some(t) = &app.log_token {
@@ -427,13 +462,18 @@ impl Handle {
         self.0.sink.clone()
     }
 
-    /// Queue lines, waiting for room (network ingest: back-pressure instead of shedding).
-    pub async fn ingest_all(&self, lines: &mut Vec<LogLine>) {
-        for l in lines.drain(..) {
-            if self.0.sink.tx.send(l).await.is_err() {
-                return;
-            }
-        }
+    /// Hand lines straight to the bus (network ingest), waiting while it is full: see
+    /// [`Bus::send`]. The receipt resolves once they are durable.
+    pub async fn send_to_bus(
+        &self,
+        lines: &mut Vec<LogLine>,
+    ) -> Result<crate::bus::Receipt, Error> {
+        self.0.bus.send(lines).await
+    }
+
+    /// Publish lines and wait until the bus holds them durably (Kafka: acknowledged).
+    pub async fn publish(&self, lines: &mut Vec<LogLine>) -> Result<(), Error> {
+        self.0.bus.publish(lines).await
     }
 
     /// The last `lines` lines of app `app` (key `{app}-{space}`) that pass `filter`.
@@ -511,6 +551,11 @@ impl Handle {
     /// `(app key, space)` of a log token.
     pub fn app_for_token(&self, token: &str) -> Option<(String, String)> {
         self.0.tokens.read().get(token).cloned()
+    }
+
+    /// Every log token of the current plan: `token → (app key, space)`.
+    pub(crate) fn tokens(&self) -> Arc<HashMap<String, (String, String)>> {
+        self.0.tokens.read().clone()
     }
 
     pub fn metrics(&self) -> &Metrics {

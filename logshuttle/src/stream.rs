@@ -92,12 +92,22 @@ impl AppStream {
     }
 
     pub(crate) fn push(&self, line: Arc<LogLine>) {
+        self.push_many(std::slice::from_ref(&line));
+    }
+
+    /// Lines in order: into every tail that wants them, then into the history ring.
+    pub(crate) fn push_many(&self, lines: &[Arc<LogLine>]) {
         let cap = self.cap.load(Ordering::Relaxed);
         let mut inner = self.inner.lock();
+        for line in lines {
+            Self::push_locked(&mut inner, &self.metrics, cap, line);
+        }
+    }
+
+    fn push_locked(inner: &mut Inner, metrics: &Metrics, cap: usize, line: &Arc<LogLine>) {
         if !inner.tails.is_empty() {
-            let metrics = &self.metrics;
             inner.tails.retain(|t| {
-                if !t.filter.matches(&line) {
+                if !t.filter.matches(line) {
                     return !t.tx.is_closed();
                 }
                 match t.tx.try_send(line.clone()) {
@@ -118,7 +128,7 @@ impl AppStream {
         if inner.history.len() >= cap {
             inner.history.pop_front();
         }
-        inner.history.push_back(line);
+        inner.history.push_back(line.clone());
     }
 
     /// The last `lines` lines that pass `filter`, oldest first.

@@ -6,8 +6,6 @@
 //! app key when the drain has none). PRI is 190 (local7.info) for app lines and 158
 //! (local3.info) for platform lines.
 
-use std::fmt::Write as _;
-
 use bytes::{Buf, Bytes, BytesMut};
 use wharf_config::{LogLine, Source};
 
@@ -24,27 +22,98 @@ pub fn pri(source: Source) -> u8 {
 
 /// `2026-11-23T09:30:00.123456+00:00` for microseconds since the epoch.
 pub fn format_timestamp(us: i64) -> String {
-    let mut s = String::with_capacity(32);
-    write_timestamp(&mut s, us);
-    s
+    let mut out = Vec::with_capacity(TIMESTAMP_LEN);
+    TimestampCache::default().write(&mut out, us);
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn write_timestamp(out: &mut String, us: i64) {
-    let secs = us.div_euclid(1_000_000);
-    let micros = us.rem_euclid(1_000_000);
-    let dt =
-        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second(),
-        micros
-    );
+/// Bytes of a formatted timestamp: `YYYY-MM-DDTHH:MM:SS.ffffff+00:00`.
+const TIMESTAMP_LEN: usize = 32;
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
+fn put2(out: &mut [u8], v: u32) {
+    out[0] = b'0' + (v / 10 % 10) as u8;
+    out[1] = b'0' + (v % 10) as u8;
+}
+
+/// Formats timestamps, keeping the `YYYY-MM-DDTHH:MM:SS` of the last second it saw: lines of
+/// one second (most of a burst) cost a copy and six digits.
+#[derive(Debug, Default, Clone)]
+pub struct TimestampCache {
+    secs: Option<i64>,
+    head: [u8; 19],
+}
+
+impl TimestampCache {
+    /// Append the timestamp of `us` (microseconds since the epoch, UTC) to `out`. Years
+    /// outside 0000-9999 are clamped to the epoch.
+    pub fn write(&mut self, out: &mut Vec<u8>, us: i64) {
+        let mut secs = us.div_euclid(1_000_000);
+        let mut micros = us.rem_euclid(1_000_000) as u32;
+        // 0000-01-01 .. 9999-12-31T23:59:59
+        if !(-62_167_219_200..=253_402_300_799).contains(&secs) {
+            secs = 0;
+            micros = 0;
+        }
+        if self.secs != Some(secs) {
+            let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+            let sod = secs.rem_euclid(86_400) as u32;
+            let h = &mut self.head;
+            let y = y as u32;
+            put2(&mut h[0..2], y / 100);
+            put2(&mut h[2..4], y % 100);
+            h[4] = b'-';
+            put2(&mut h[5..7], m);
+            h[7] = b'-';
+            put2(&mut h[8..10], d);
+            h[10] = b'T';
+            put2(&mut h[11..13], sod / 3600);
+            h[13] = b':';
+            put2(&mut h[14..16], sod / 60 % 60);
+            h[16] = b':';
+            put2(&mut h[17..19], sod % 60);
+            self.secs = Some(secs);
+        }
+        out.extend_from_slice(&self.head);
+        let mut frac = *b".000000+00:00";
+        let mut v = micros;
+        for i in (1..7).rev() {
+            frac[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&frac);
+    }
 }
 
 /// Now, in microseconds since the epoch.
@@ -56,34 +125,91 @@ fn field(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
 
+fn digits(mut n: usize) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
+fn push_decimal(out: &mut Vec<u8>, n: usize) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Writes RFC 5424 messages in Heroku's shape straight into a buffer: no allocation per line.
+#[derive(Debug, Default, Clone)]
+pub struct Encoder {
+    ts: TimestampCache,
+}
+
+impl Encoder {
+    /// Bytes of the message [`Encoder::message`] writes.
+    pub fn message_len(line: &LogLine, host: &str) -> usize {
+        let pri = pri(line.source);
+        // "<PRI>1 " TIMESTAMP " " HOST " " APP " " PROCID " - - " MSG
+        4 + digits(pri as usize)
+            + TIMESTAMP_LEN
+            + 1
+            + field(host).len()
+            + 1
+            + line.source.as_str().len()
+            + 1
+            + field(&line.process).len()
+            + 5
+            + line.line.len()
+    }
+
+    /// Append one message (no framing) for `line`, with `host` in the HOST field.
+    pub fn message(&mut self, out: &mut Vec<u8>, line: &LogLine, host: &str) {
+        out.push(b'<');
+        push_decimal(out, pri(line.source) as usize);
+        out.extend_from_slice(b">1 ");
+        self.ts.write(out, line.timestamp_us);
+        out.push(b' ');
+        out.extend_from_slice(field(host).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(line.source.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(field(&line.process).as_bytes());
+        out.extend_from_slice(b" - - ");
+        out.extend_from_slice(line.line.as_bytes());
+    }
+
+    /// Append one octet-counted message (`LEN SP MSG`, RFC 6587 §3.4.1).
+    pub fn octet_counted(&mut self, out: &mut Vec<u8>, line: &LogLine, host: &str) {
+        let len = Self::message_len(line, host);
+        out.reserve(len + 8);
+        push_decimal(out, len);
+        out.push(b' ');
+        self.message(out, line, host);
+    }
+}
+
 /// One RFC 5424 message (no framing) for `line`, with `host` in the HOST field.
 pub fn encode_message(line: &LogLine, host: &str) -> String {
-    let mut s = String::with_capacity(64 + line.line.len());
-    let _ = write!(s, "<{}>1 ", pri(line.source));
-    write_timestamp(&mut s, line.timestamp_us);
-    let _ = write!(
-        s,
-        " {} {} {} - - {}",
-        field(host),
-        line.source.as_str(),
-        field(&line.process),
-        line.line
-    );
-    s
+    let mut out = Vec::with_capacity(Encoder::message_len(line, host));
+    Encoder::default().message(&mut out, line, host);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Append `msg` octet-counted (`LEN SP MSG`, RFC 6587 §3.4.1) to `out`.
 pub fn push_octet_counted(out: &mut Vec<u8>, msg: &[u8]) {
-    let _ = write!(VecWriter(out), "{} ", msg.len());
+    push_decimal(out, msg.len());
+    out.push(b' ');
     out.extend_from_slice(msg);
-}
-
-struct VecWriter<'a>(&'a mut Vec<u8>);
-impl std::fmt::Write for VecWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 /// A notice Logplex writes into an app's stream (`heroku[logplex]: Error L10 …`).
@@ -255,9 +381,15 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message<'_>, String> {
     let timestamp_us = if ts == "-" {
         None
     } else {
-        let dt = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| format!("bad TIMESTAMP {ts:?}: {e}"))?;
-        Some((dt.unix_timestamp_nanos() / 1000) as i64)
+        match parse_timestamp_fast(ts.as_bytes()) {
+            Some(us) => Some(us),
+            None => {
+                let dt =
+                    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| format!("bad TIMESTAMP {ts:?}: {e}"))?;
+                Some((dt.unix_timestamp_nanos() / 1000) as i64)
+            }
+        }
     };
     let (token, msg) = parse_sd(sd_and_msg)?;
     Ok(Message {
@@ -270,6 +402,75 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message<'_>, String> {
         token,
         msg,
     })
+}
+
+/// The common RFC 5424 timestamp shapes (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) without the
+/// general parser; `None` for anything else, which the general parser then judges.
+fn parse_timestamp_fast(b: &[u8]) -> Option<i64> {
+    fn num(b: &[u8]) -> Option<u32> {
+        let mut v = 0u32;
+        for &c in b {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + (c - b'0') as u32;
+        }
+        Some(v)
+    }
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
+    let (h, mi, s) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let mdays = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d == 0 || d > mdays || h > 23 || mi > 59 || s > 59 {
+        return None;
+    }
+    let mut i = 19;
+    let mut micros = 0u32;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 6 {
+                micros = micros * 10 + (b[i] - b'0') as u32;
+            }
+            i += 1;
+        }
+        let n = i - start;
+        if n == 0 || n > 9 {
+            return None;
+        }
+        for _ in n..6 {
+            micros *= 10;
+        }
+    }
+    let offset_s: i64 = match &b[i..] {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), oh1, oh2, b':', om1, om2] => {
+            let oh = num(&[*oh1, *oh2])?;
+            let om = num(&[*om1, *om2])?;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let o = (oh * 3600 + om * 60) as i64;
+            if *sign == b'-' { -o } else { o }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y as i64, mo, d);
+    let secs = days * 86_400 + (h * 3600 + mi * 60 + s) as i64 - offset_s;
+    Some(secs * 1_000_000 + micros as i64)
 }
 
 /// Split STRUCTURED-DATA from MSG; find a `token` parameter.
@@ -496,6 +697,72 @@ mod tests {
         );
         let p = parse_message(m.as_bytes()).unwrap();
         assert_eq!(p.to_line("api-default", "default"), line());
+    }
+
+    #[test]
+    fn timestamps_fast_and_general_agree() {
+        let general = |t: &str| {
+            let dt = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+            (dt.unix_timestamp_nanos() / 1000) as i64
+        };
+        for t in [
+            "2026-11-23T10:00:00.000000+00:00",
+            "2026-11-23T10:00:00Z",
+            "2024-02-29T23:59:59.999999Z",
+            "1999-12-31T23:59:59.5-05:30",
+            "2000-03-01T00:00:00.123456789+14:00",
+            "1970-01-01T00:00:00Z",
+            "1969-12-31T23:59:59.000001Z",
+        ] {
+            assert_eq!(parse_timestamp_fast(t.as_bytes()), Some(general(t)), "{t}");
+        }
+        for bad in [
+            "2023-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-23 10:00:00Z",
+            "2026-11-23T10:00:00",
+            "2026-11-23T10:00:00.Z",
+            "2026-11-23T24:00:00Z",
+        ] {
+            assert_eq!(parse_timestamp_fast(bad.as_bytes()), None, "{bad}");
+        }
+        let mut c = TimestampCache::default();
+        for us in [
+            0i64,
+            1_700_000_000_123_456,
+            951_782_400_000_000,
+            -1,
+            253_402_300_799_999_999,
+        ] {
+            let mut out = Vec::new();
+            c.write(&mut out, us);
+            let s = String::from_utf8(out).unwrap();
+            assert_eq!(general(&s), us, "{s}");
+        }
+    }
+
+    #[test]
+    fn octet_counted_length_is_exact() {
+        let mut l = line();
+        let mut e = Encoder::default();
+        for (process, text, host) in [
+            ("web.1", "hello", "d.x"),
+            ("", "", ""),
+            ("router", &"é".repeat(300)[..], "h"),
+        ] {
+            l.process = process.into();
+            l.line = text.into();
+            let mut out = Vec::new();
+            e.octet_counted(&mut out, &l, host);
+            let mut want = Vec::new();
+            push_octet_counted(&mut want, encode_message(&l, host).as_bytes());
+            assert_eq!(out, want);
+            let mut d = FrameDecoder { max: 100_000 };
+            let mut b = BytesMut::from(&out[..]);
+            let f = d.decode(&mut b).unwrap().unwrap();
+            assert_eq!(f.len(), Encoder::message_len(&l, host));
+        }
     }
 
     #[test]

@@ -276,41 +276,57 @@ async fn receiver_down_then_back_buffered_lines_arrive_and_overflow_says_l10() {
     want.extend(expected(&second, "d.t"));
     assert_eq!(rs.lines(), want);
 
-    // Down again and a burst of 25 into a buffer of 10: 15 dropped, then the L10 notice.
+    // Down again, longer than the stall deadline (1 s), and a burst of 25 into a buffer of
+    // 10: the drain holds the 10 it took before it saw the receiver gone, 10 wait in the
+    // buffer and hold the bus back until the deadline; then the drain is declared stalled and
+    // the oldest 5 in the buffer are dropped. Back again: those 10, the L10 notice, the last 10.
     rs.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let third: Vec<_> = (0..25)
         .map(|i| line("api-default", "web.1", &format!("c{i}")))
         .collect();
     third.iter().for_each(|l| sink.send(l.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = wharf_config::shuttle_plan::drain_id("api-default", &rs.url());
+    let m = shuttle.metrics().clone();
+    wait_for(30, "the drain declared stalled", || {
+        m.drain_stalled
+            .with_label_values(&["api-default", &id])
+            .get()
+            == 1
+    })
+    .await;
     rs.restart();
-    wait_for(60, "L10 and the last 10 lines", || rs.lines().len() >= 21).await;
+    wait_for(60, "L10 and the last 20 lines", || rs.lines().len() >= 31).await;
     let got = rs.lines();
-    assert_eq!(got.len(), 21, "{got:#?}");
-    let l10 = &got[10];
+    assert_eq!(got.len(), 31, "{got:#?}");
+    assert_eq!(got[10..20].to_vec(), expected(&third[..10], "d.t"));
+    let l10 = &got[20];
     assert!(l10.starts_with("<158>1 "), "{l10}");
     assert!(
         l10.contains(
-            " d.t heroku logplex - - Error L10 (output buffer overflow): 15 messages dropped since "
+            " d.t heroku logplex - - Error L10 (output buffer overflow): 5 messages dropped since "
         ),
         "{l10}"
     );
-    assert_eq!(got[11..].to_vec(), expected(&third[15..], "d.t"));
-    let id = wharf_config::shuttle_plan::drain_id("api-default", &rs.url());
+    assert_eq!(got[21..].to_vec(), expected(&third[15..], "d.t"));
     assert_eq!(
-        shuttle
-            .metrics()
-            .drain_dropped
+        m.drain_stalled
             .with_label_values(&["api-default", &id])
             .get(),
-        15
+        0,
+        "caught up"
+    );
+    assert_eq!(
+        m.drain_dropped
+            .with_label_values(&["api-default", &id])
+            .get(),
+        5
     );
     // The notice is in the app's stream too.
     let hist = shuttle.history("api-default", 1500, &Filter::default());
     assert!(
         hist.iter()
-            .any(|l| l.process == "logplex" && l.line.contains("15 messages dropped"))
+            .any(|l| l.process == "logplex" && l.line.contains("5 messages dropped"))
     );
     shuttle.shutdown(Duration::from_secs(5)).await;
 }

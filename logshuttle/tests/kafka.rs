@@ -27,13 +27,13 @@ fn two_apps(drain: &str) -> wharf_config::ShuttlePlan {
             AppSpec {
                 name: "a",
                 space: "default",
-                token: None,
+                token: Some("tok-a"),
                 drains: vec![(drain.to_owned(), Some("d.a".into()))],
             },
             AppSpec {
                 name: "b",
                 space: "default",
-                token: None,
+                token: Some("tok-b"),
                 drains: vec![(drain.to_owned(), Some("d.b".into()))],
             },
         ],
@@ -92,14 +92,32 @@ async fn child_shuttle_node() {
         group: v[2].to_owned(),
         partitions: 4,
     });
-    let _shuttle = Shuttle::start(opts, two_apps(v[3])).await.unwrap();
+    let shuttle = Shuttle::start(opts, two_apps(v[3])).await.unwrap();
+    if let Ok(port_file) = std::env::var("WHARF_TEST_HTTP_PORT_FILE") {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(wharf_logshuttle::Handle::serve(l, shuttle.http_router()));
+        std::fs::write(port_file, port.to_string()).unwrap();
+    }
     tokio::time::sleep(Duration::from_secs(300)).await;
 }
 
 fn spawn_child(k: &KafkaOptions, drain: &str, log: &std::path::Path) -> Child {
+    spawn_child_with(k, drain, log, None)
+}
+
+fn spawn_child_with(
+    k: &KafkaOptions,
+    drain: &str,
+    log: &std::path::Path,
+    http_port_file: Option<&std::path::Path>,
+) -> Child {
     let log = std::fs::File::create(log).unwrap();
-    Command::new(std::env::current_exe().unwrap())
-        .args(["child_shuttle_node", "--exact", "--nocapture"])
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    if let Some(f) = http_port_file {
+        cmd.env("WHARF_TEST_HTTP_PORT_FILE", f);
+    }
+    cmd.args(["child_shuttle_node", "--exact", "--nocapture"])
         .env(
             "WHARF_TEST_CHILD",
             format!("{}|{}|{}|{}", k.brokers, k.topic, k.group, drain),
@@ -241,4 +259,197 @@ async fn shuttle_killed_mid_stream_and_restarted_loses_nothing_and_keeps_order()
             );
         }
     }
+}
+
+/// A backlog on Kafka and a drain that is slow but keeps reading: the bus waits for it (nothing
+/// dropped, no L10, every line in order), while in the same shuttle a drain that never reads is
+/// declared stalled after the deadline and sheds, and the other app's drain gets every line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_drain_holds_the_bus_back_and_a_stalled_one_is_cut_loose() {
+    let broker = Tansu::start();
+    let k = kafka_opts(&broker.brokers());
+    // A few MB/s through an 8 KiB receive buffer: far slower than Kafka hands out the backlog.
+    let slow = SlowReceiver::start(16 * 1024, Duration::from_millis(5));
+    let stalled = StalledReceiver::start().await;
+    let other = Rsyslog::start(Proto::Tcp, None);
+    // More than the kernel's socket buffers of the stalled connection hold.
+    let n = 30_000;
+    let pad = "y".repeat(200);
+    let mut backlog = Vec::new();
+    for i in 0..n {
+        backlog.push(line("a-default", "web.1", &format!("{i} {pad}")));
+        backlog.push(line("b-default", "web.1", &format!("{i} {pad}")));
+    }
+    let metrics = wharf_logshuttle::Metrics::new(prometheus::Registry::new()).unwrap();
+    let producer = KafkaBus::connect(k.clone(), metrics).await.unwrap();
+    producer.publish(&mut backlog).await.unwrap();
+
+    let settings = LogSettings {
+        drain_buffer_lines: 200,
+        ..LogSettings::default()
+    };
+    let p = plan(
+        vec![
+            app("a", None, vec![slow.url()]),
+            app("b", None, vec![stalled.url(), other.url()]),
+        ],
+        settings,
+    );
+    let mut opts = options();
+    opts.bus = BusChoice::Kafka(k);
+    opts.drain_stall_timeout = Duration::from_secs(2);
+    let shuttle = Shuttle::start(opts, p).await.unwrap();
+    let m = shuttle.metrics().clone();
+    let id = |app: &str, url: &str| wharf_config::shuttle_plan::drain_id(app, url);
+    let (slow_id, stalled_id, other_id) = (
+        id("a-default", &slow.url()),
+        id("b-default", &stalled.url()),
+        id("b-default", &other.url()),
+    );
+    // The consumer-lag gauge shows the backlog the slow drain holds back, then none.
+    let lag = || -> i64 {
+        (0..4)
+            .map(|p| m.kafka_lag.with_label_values(&[&p.to_string()]).get())
+            .sum()
+    };
+    let mut max_lag = 0;
+    wait_for(
+        240,
+        "every line at the slow drain and the other app's drain",
+        || {
+            max_lag = max_lag.max(lag());
+            slow.frames.lock().len() >= n && other.lines().len() >= n
+        },
+    )
+    .await;
+    assert!(max_lag > 0, "the lag gauge showed the backlog");
+    wait_for(30, "the lag gauge back to 0", || lag() == 0).await;
+    let got = slow.frames.lock().clone();
+    assert_eq!(got.len(), n, "no L10, no repeats");
+    for (i, f) in got.iter().enumerate() {
+        assert!(
+            f.ends_with(&format!(" - - {i} {pad}")),
+            "slow drain, line {i}: {f}"
+        );
+    }
+    let got = other.lines();
+    assert_eq!(got.len(), n);
+    for (i, f) in got.iter().enumerate() {
+        assert!(
+            f.ends_with(&format!(" - - {i} {pad}")),
+            "other app, line {i}: {f}"
+        );
+    }
+    let dropped = |app: &str, d: &str| m.drain_dropped.with_label_values(&[app, d]).get();
+    assert_eq!(
+        dropped("a-default", &slow_id),
+        0,
+        "the slow drain lost nothing"
+    );
+    assert_eq!(dropped("b-default", &other_id), 0);
+    assert!(
+        dropped("b-default", &stalled_id) > 0,
+        "the stalled drain sheds"
+    );
+    assert_eq!(
+        m.drain_stalled
+            .with_label_values(&["b-default", &stalled_id])
+            .get(),
+        1
+    );
+    assert_eq!(
+        m.drain_stalled
+            .with_label_values(&["a-default", &slow_id])
+            .get(),
+        0
+    );
+    shuttle.shutdown(Duration::ZERO).await;
+}
+
+/// `POST /logs` with `lines` for app a; the status code.
+fn post_lines(port: u16, from: usize, to: usize) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut body = Vec::new();
+    for i in from..to {
+        let m = format!("<190>1 2026-11-23T10:00:00.000000+00:00 h app web.1 - - a-default {i}");
+        wire::push_octet_counted(&mut body, m.as_bytes());
+    }
+    let auth = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("token:tok-a")
+    };
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/logplex-1\r\nLogplex-Msg-Count: {}\r\nAuthorization: Basic {auth}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        to - from,
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Accepted means durable: every line of every `POST /logs` answered 204 arrives after the
+/// shuttle is killed with SIGKILL right after answering, and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logplex_lines_answered_204_survive_a_kill() {
+    let broker = Tansu::start();
+    let rs = Rsyslog::start(Proto::Tcp, None);
+    let k = kafka_opts(&broker.brokers());
+    let port_file = rs.dir.path().join("http-port");
+    let log1 = rs.dir.path().join("child1.log");
+    let mut child = spawn_child_with(&k, &rs.url(), &log1, Some(&port_file));
+    let mut port = 0u16;
+    wait_for(90, "the child's HTTP port", || {
+        port = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+        port != 0
+    })
+    .await;
+    let batches = 20;
+    let per = 200;
+    let acked = tokio::task::spawn_blocking(move || {
+        let mut acked = 0;
+        for b in 0..batches {
+            if post_lines(port, b * per, (b + 1) * per) != 204 {
+                break;
+            }
+            acked = (b + 1) * per;
+        }
+        acked
+    })
+    .await
+    .unwrap();
+    // Killed right after its last answer: whatever it acknowledged must be on Kafka already.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(acked, batches * per, "every POST answered 204");
+    let log2 = rs.dir.path().join("child2.log");
+    let mut child = spawn_child(&k, &rs.url(), &log2);
+    let seen = || {
+        let mut seen = vec![false; acked];
+        for n in received(&rs).remove("a-default").unwrap_or_default() {
+            if n < acked {
+                seen[n] = true;
+            }
+        }
+        seen.iter().filter(|s| **s).count()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    while seen() < acked && std::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        seen(),
+        acked,
+        "every acknowledged line arrives at least once"
+    );
 }

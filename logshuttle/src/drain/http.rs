@@ -91,9 +91,10 @@ fn percent_decode(s: &str) -> String {
 fn body_of(ctx: &DrainCtx, batch: &Batch, l10: Option<&wharf_config::LogLine>) -> (Bytes, usize) {
     let host = ctx.host();
     let mut out = Vec::new();
+    let mut enc = wire::Encoder::default();
     let mut n = 0;
     for line in l10.into_iter().chain(batch.items.iter().map(|i| &*i.line)) {
-        wire::push_octet_counted(&mut out, wire::encode_message(line, host).as_bytes());
+        enc.octet_counted(&mut out, line, host);
         n += 1;
     }
     (Bytes::from(out), n)

@@ -30,14 +30,24 @@ struct QueueState {
     dropped: u64,
     dropped_since: i64,
     closed: bool,
+    /// No progress for the stall deadline while full: the buffer sheds instead of holding the
+    /// bus back, until the drain has caught up again.
+    stalled: bool,
 }
 
-/// A drain's bounded buffer.
+/// A drain's bounded buffer. A drain that is only slow holds the bus back (the dispatcher
+/// waits for room); one that makes no progress for the stall deadline while its buffer is full
+/// is declared stalled and then sheds its oldest lines (L10) so that it slows nobody else.
 pub(crate) struct DrainQueue {
     cap: usize,
+    stall: Duration,
     state: Mutex<QueueState>,
+    /// Lines arrived (the drain task waits on it).
     notify: Notify,
+    /// Room made (the dispatcher waits on it).
+    room: Notify,
     metrics: DrainMetrics,
+    id: String,
 }
 
 /// What a drain takes from its buffer at once.
@@ -48,47 +58,109 @@ pub(crate) struct Batch {
 }
 
 impl DrainQueue {
-    pub(crate) fn new(cap: usize, metrics: DrainMetrics) -> DrainQueue {
+    pub(crate) fn new(
+        cap: usize,
+        stall: Duration,
+        metrics: DrainMetrics,
+        id: impl Into<String>,
+    ) -> DrainQueue {
         DrainQueue {
             cap: cap.max(1),
+            stall,
             state: Mutex::new(QueueState {
                 buf: VecDeque::new(),
                 dropped: 0,
                 dropped_since: 0,
                 closed: false,
+                stalled: false,
             }),
             notify: Notify::new(),
+            room: Notify::new(),
             metrics,
+            id: id.into(),
         }
     }
 
-    /// Never waits: a full buffer loses its oldest line.
+    /// Never waits: a full buffer loses its oldest line (the in-process sink's paths).
+    #[cfg(test)]
     pub(crate) fn push(&self, item: Item) {
-        let shed = {
+        let mut v = vec![item];
+        self.push_shedding(&mut v);
+    }
+
+    /// Append `items` in order, shedding the oldest beyond the cap.
+    fn push_shedding(&self, items: &mut Vec<Item>) {
+        let shed: Vec<Item> = {
             let mut s = self.state.lock();
             if s.closed {
-                Some(item)
+                std::mem::take(items)
             } else {
-                let shed = if s.buf.len() >= self.cap {
-                    let old = s.buf.pop_front();
+                s.buf.extend(items.drain(..));
+                let over = s.buf.len().saturating_sub(self.cap);
+                if over > 0 {
                     if s.dropped == 0 {
                         s.dropped_since = crate::wire::now_us();
                     }
-                    s.dropped += 1;
-                    old
-                } else {
-                    None
-                };
-                s.buf.push_back(item);
+                    s.dropped += over as u64;
+                }
+                let shed = s.buf.drain(..over).collect();
                 self.metrics.buffer.set(s.buf.len() as i64);
                 shed
             }
         };
-        if let Some(old) = shed {
-            self.metrics.dropped.inc();
-            old.ack.done();
+        if !shed.is_empty() {
+            self.metrics.dropped.inc_by(shed.len() as u64);
+            for old in shed {
+                old.ack.done();
+            }
         }
         self.notify.notify_one();
+    }
+
+    /// Append `items` in order. Waits for room while the drain is only slow; after the stall
+    /// deadline without room the drain is declared stalled and sheds its oldest lines instead.
+    pub(crate) async fn push_many(&self, mut items: Vec<Item>) {
+        loop {
+            let room = self.room.notified();
+            {
+                let mut s = self.state.lock();
+                if s.closed {
+                    drop(s);
+                    for i in items {
+                        i.ack.done();
+                    }
+                    return;
+                }
+                if !s.stalled {
+                    let free = self.cap.saturating_sub(s.buf.len());
+                    let n = free.min(items.len());
+                    s.buf.extend(items.drain(..n));
+                    self.metrics.buffer.set(s.buf.len() as i64);
+                    if n > 0 {
+                        self.notify.notify_one();
+                    }
+                    if items.is_empty() {
+                        return;
+                    }
+                }
+            }
+            if self.is_stalled() {
+                self.push_shedding(&mut items);
+                return;
+            }
+            if tokio::time::timeout(self.stall, room).await.is_err() {
+                let mut s = self.state.lock();
+                if !s.closed && !s.stalled && s.buf.len() >= self.cap {
+                    s.stalled = true;
+                    self.metrics.stalled.set(1);
+                    tracing::warn!(drain = %self.id, stall = ?self.stall, "drain made no progress with a full buffer; shedding its oldest lines (L10) until it catches up");
+                }
+            }
+        }
+    }
+
+    fn is_stalled(&self) -> bool {
+        self.state.lock().stalled
     }
 
     /// Up to `max` lines; waits while the buffer is empty. `None` once closed.
@@ -105,7 +177,15 @@ impl DrainQueue {
                     let items: Vec<Item> = s.buf.drain(..n).collect();
                     let dropped = (s.dropped > 0).then(|| (s.dropped, s.dropped_since));
                     s.dropped = 0;
+                    // Caught up: hold the bus back again rather than shed.
+                    if s.stalled && s.buf.len() <= self.cap / 2 {
+                        s.stalled = false;
+                        self.metrics.stalled.set(0);
+                        tracing::info!(drain = %self.id, "drain caught up; no longer shedding");
+                    }
                     self.metrics.buffer.set(s.buf.len() as i64);
+                    drop(s);
+                    self.room.notify_waiters();
                     return Some(Batch { items, dropped });
                 }
             }
@@ -119,6 +199,10 @@ impl DrainQueue {
         let n = s.buf.len().min(max.saturating_sub(batch.items.len()));
         batch.items.extend(s.buf.drain(..n));
         self.metrics.buffer.set(s.buf.len() as i64);
+        drop(s);
+        if n > 0 {
+            self.room.notify_waiters();
+        }
     }
 
     /// Stop the drain; whatever is buffered is accounted for (the drain is gone).
@@ -132,6 +216,7 @@ impl DrainQueue {
             i.ack.done();
         }
         self.notify.notify_one();
+        self.room.notify_waiters();
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -251,7 +336,7 @@ mod tests {
     #[tokio::test]
     async fn drops_oldest_and_counts() {
         let m = crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
-        let q = DrainQueue::new(3, m.for_drain("a", "d"));
+        let q = DrainQueue::new(3, Duration::from_secs(1), m.for_drain("a", "d"), "d");
         for i in 0..5 {
             q.push(line(i));
         }
@@ -265,6 +350,57 @@ mod tests {
         assert_eq!(m.drain_dropped.with_label_values(&["a", "d"]).get(), 2);
         q.close();
         assert!(q.next_batch(10).await.is_none());
+    }
+
+    fn texts(b: &Batch) -> Vec<String> {
+        b.items.iter().map(|i| i.line.line.clone()).collect()
+    }
+
+    /// A slow drain holds the pusher back (nothing dropped); one that makes no progress for
+    /// the stall deadline is declared stalled and sheds, until it catches up.
+    #[tokio::test]
+    async fn full_buffer_holds_the_pusher_until_room_or_the_stall_deadline() {
+        use futures::FutureExt as _;
+        let m = crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
+        let q = Arc::new(DrainQueue::new(
+            3,
+            Duration::from_millis(300),
+            m.for_drain("a", "d"),
+            "d",
+        ));
+        let dropped = || m.drain_dropped.with_label_values(&["a", "d"]).get();
+        let stalled = || m.drain_stalled.with_label_values(&["a", "d"]).get();
+        assert!(
+            q.push_many((0..3).map(line).collect())
+                .now_or_never()
+                .is_some()
+        );
+        let mut wait = Box::pin(q.push_many(vec![line(3), line(4)]));
+        assert!(
+            (&mut wait).now_or_never().is_none(),
+            "a full buffer makes the pusher wait"
+        );
+        let b = q.next_batch(2).await.unwrap();
+        assert_eq!(texts(&b), ["0", "1"]);
+        wait.await;
+        assert_eq!((dropped(), stalled()), (0, 0));
+
+        // Full again (2, 3, 4) and no progress: stalled at the deadline, then the oldest go.
+        q.push_many(vec![line(5)]).await;
+        assert_eq!((dropped(), stalled()), (1, 1));
+        assert!(
+            q.push_many(vec![line(6)]).now_or_never().is_some(),
+            "a stalled drain never holds the pusher"
+        );
+        let b = q.next_batch(10).await.unwrap();
+        assert_eq!(texts(&b), ["4", "5", "6"]);
+        assert_eq!(b.dropped.map(|d| d.0), Some(2));
+        assert_eq!(
+            stalled(),
+            0,
+            "caught up: back-pressure again instead of shedding"
+        );
+        q.close();
     }
 
     #[test]

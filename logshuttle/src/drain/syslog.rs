@@ -88,14 +88,14 @@ fn peer_gone(link: &mut Link) -> bool {
     }
 }
 
-fn encode(ctx: &DrainCtx, batch: &Batch, out: &mut Vec<u8>) {
+fn encode(ctx: &DrainCtx, enc: &mut wire::Encoder, batch: &Batch, out: &mut Vec<u8>) {
     out.clear();
     let host = ctx.host();
     if let Some(l10) = ctx.l10(batch.dropped) {
-        wire::push_octet_counted(out, wire::encode_message(&l10, host).as_bytes());
+        enc.octet_counted(out, &l10, host);
     }
     for i in &batch.items {
-        wire::push_octet_counted(out, wire::encode_message(&i.line, host).as_bytes());
+        enc.octet_counted(out, &i.line, host);
     }
 }
 
@@ -105,12 +105,13 @@ pub(crate) async fn run_stream(ctx: DrainCtx) {
     let mut backoff = ctx.backoff();
     let mut conn: Option<Link> = None;
     let mut out = Vec::with_capacity(64 * 1024);
+    let mut enc = wire::Encoder::default();
     let mut pending: Option<Batch> = None;
     loop {
         if pending.is_none() {
             match ctx.queue.next_batch(BATCH).await {
                 Some(b) => {
-                    encode(&ctx, &b, &mut out);
+                    encode(&ctx, &mut enc, &b, &mut out);
                     pending = Some(b);
                 }
                 None => break,

@@ -1,6 +1,7 @@
 //! Logplex-compatible `POST /logs`: `Content-Type: application/logplex-1`, octet-counted frames,
 //! `Logplex-Msg-Count` checked, Basic auth whose password is the app's log token. A request is
-//! taken whole or refused whole, with the reason in the body.
+//! taken whole or refused whole, with the reason in the body; `204` is sent only once the lines
+//! are on the bus (with Kafka: acknowledged by the broker), `503` if the bus failed them.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -118,9 +119,19 @@ async fn logs(State(handle): State<Handle>, headers: HeaderMap, body: Bytes) -> 
             }
         }
     }
-    let sink = handle.sink();
-    for l in lines {
-        sink.send(l);
+    // Accepted means durable: answer only once the bus holds the lines (Kafka: the broker
+    // acknowledged them), so a client that saw 204 never needs to send them again.
+    let n = lines.len();
+    match handle.publish(&mut lines).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            tracing::error!(app = %app, lines = n, error = %e, "logplex POST: the bus did not store the lines");
+            refuse(
+                &handle,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bus",
+                format!("the log bus did not store these {n} lines ({e}); send them again"),
+            )
+        }
     }
-    StatusCode::NO_CONTENT.into_response()
 }

@@ -3,6 +3,7 @@
 //! listener is bound to one app's token. Bad framing closes that one connection; a bad message
 //! is skipped; both are logged and counted, and nothing else is affected.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
@@ -11,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use wharf_config::LogLine;
 
+use crate::bus::Receipt;
 use crate::wire::{self, FrameDecoder};
 use crate::{Error, Handle};
 
@@ -36,8 +38,10 @@ impl Drop for SyslogListener {
     }
 }
 
+type Tokens = HashMap<String, (String, String)>;
+
 fn line_of(
-    handle: &Handle,
+    tokens: &Tokens,
     frame: &[u8],
     listener_token: Option<&str>,
 ) -> Result<LogLine, (&'static str, String)> {
@@ -47,10 +51,10 @@ fn line_of(
         .as_deref()
         .or(listener_token)
         .ok_or_else(|| ("token", "no token: put token=\"…\" in the structured data or bind the listener to an app's token".to_owned()))?;
-    let (app, space) = handle
-        .app_for_token(token)
+    let (app, space) = tokens
+        .get(token)
         .ok_or_else(|| ("token", "unknown log token".to_owned()))?;
-    Ok(m.to_line(&app, &space))
+    Ok(m.to_line(app, space))
 }
 
 /// Listen for syslog over TCP on `addr` (`127.0.0.1:0` for an ephemeral port).
@@ -77,15 +81,84 @@ pub async fn bind_tcp(
     Ok(SyslogListener { addr, task })
 }
 
+/// Batches of one connection handed to the bus and not yet durable. Syslog over TCP has no
+/// acknowledgement of its own (RFC 6587): what the kernel took is all a sender knows. So the
+/// connection reads on while up to `WINDOW` batches (each at most one read, 64 KiB) are on their
+/// way into Kafka, and waits for the oldest before reading more: a crash can lose at most that
+/// window of lines the sender already wrote. The Logplex `POST /logs` answers only once its
+/// lines are durable.
+const WINDOW: usize = 8;
+
+struct InFlight {
+    receipts: VecDeque<(Receipt, usize)>,
+}
+
+impl InFlight {
+    async fn settle_one(&mut self, metrics: &crate::Metrics, peer: SocketAddr) {
+        if let Some((r, n)) = self.receipts.pop_front()
+            && let Err(e) = r.await
+        {
+            metrics
+                .ingest_lost
+                .with_label_values(&["syslog-tcp"])
+                .inc_by(n as u64);
+            tracing::error!(%peer, error = %e, lines = n, "the bus did not store lines taken from a syslog connection");
+        }
+    }
+
+    async fn settle_all(&mut self, metrics: &crate::Metrics, peer: SocketAddr) {
+        while !self.receipts.is_empty() {
+            self.settle_one(metrics, peer).await;
+        }
+    }
+}
+
+/// Hand the lines of one read to the bus; `false` when the bus is gone.
+async fn hand_over(
+    handle: &Handle,
+    lines: &mut Vec<LogLine>,
+    inflight: &mut InFlight,
+    peer: SocketAddr,
+) -> bool {
+    if lines.is_empty() {
+        return true;
+    }
+    let n = lines.len();
+    let metrics = handle.metrics();
+    match handle.send_to_bus(lines).await {
+        Ok(r) => {
+            lines.clear();
+            inflight.receipts.push_back((r, n));
+            while inflight.receipts.len() > WINDOW {
+                inflight.settle_one(metrics, peer).await;
+            }
+            true
+        }
+        Err(e) => {
+            metrics
+                .ingest_lost
+                .with_label_values(&["syslog-tcp"])
+                .inc_by(n as u64);
+            tracing::error!(%peer, error = %e, lines = n, "the bus refused lines from a syslog connection");
+            lines.clear();
+            !matches!(e, Error::Closed)
+        }
+    }
+}
+
 async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token: Option<String>) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut dec = FrameDecoder { max: MAX_FRAME };
     let metrics = handle.metrics().clone();
-    let mut lines = Vec::with_capacity(256);
+    let mut lines = Vec::with_capacity(512);
+    let mut inflight = InFlight {
+        receipts: VecDeque::new(),
+    };
     loop {
+        let tokens = handle.tokens();
         loop {
             match dec.decode(&mut buf) {
-                Ok(Some(frame)) => match line_of(&handle, &frame, token.as_deref()) {
+                Ok(Some(frame)) => match line_of(&tokens, &frame, token.as_deref()) {
                     Ok(l) => lines.push(l),
                     Err((reason, e)) => {
                         metrics
@@ -102,12 +175,18 @@ async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token:
                         .with_label_values(&["syslog-tcp", "framing"])
                         .inc();
                     tracing::warn!(%peer, error = %e, "bad syslog framing; closing the connection");
-                    handle.ingest_all(&mut lines).await;
+                    hand_over(&handle, &mut lines, &mut inflight, peer).await;
+                    inflight.settle_all(&metrics, peer).await;
                     return;
                 }
             }
         }
-        handle.ingest_all(&mut lines).await;
+        if !hand_over(&handle, &mut lines, &mut inflight, peer).await {
+            return;
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
         match sock.read_buf(&mut buf).await {
             Ok(0) => {
                 if !buf.is_empty() {
@@ -117,11 +196,13 @@ async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token:
                         .inc();
                     tracing::warn!(%peer, bytes = buf.len(), "connection closed inside a frame");
                 }
+                inflight.settle_all(&metrics, peer).await;
                 return;
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "syslog connection error");
+                inflight.settle_all(&metrics, peer).await;
                 return;
             }
         }
@@ -147,7 +228,7 @@ pub async fn bind_udp(
                     continue;
                 }
             };
-            match line_of(&handle, &buf[..n], token.as_deref()) {
+            match line_of(&handle.tokens(), &buf[..n], token.as_deref()) {
                 Ok(l) => handle.sink().send(l),
                 Err((reason, e)) => {
                     metrics

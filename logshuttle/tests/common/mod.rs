@@ -105,6 +105,7 @@ pub fn options() -> wharf_logshuttle::Options {
         backoff_base: Duration::from_millis(200),
         backoff_cap: Duration::from_secs(2),
         http_linger: Duration::from_millis(50),
+        drain_stall_timeout: Duration::from_secs(1),
         ..Default::default()
     }
 }
@@ -482,5 +483,118 @@ impl HttpsReceiver {
             }
         });
         HttpsReceiver { port, seen, task }
+    }
+}
+
+/// A syslog TCP receiver that reads slowly but steadily: `chunk` bytes, then a pause, with a
+/// small receive buffer so that the sender feels it. Collects the octet-counted frames.
+pub struct SlowReceiver {
+    pub port: u16,
+    pub frames: Arc<parking_lot::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SlowReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SlowReceiver {
+    pub fn start(chunk: usize, pause: Duration) -> SlowReceiver {
+        use tokio::io::AsyncReadExt as _;
+        let sock = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        sock.set_recv_buffer_size(8 * 1024).unwrap();
+        sock.set_reuse_address(true).unwrap();
+        sock.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        sock.listen(16).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let std_listener: std::net::TcpListener = sock.into();
+        let port = std_listener.local_addr().unwrap().port();
+        let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+        let frames = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let f2 = frames.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let frames = f2.clone();
+                tokio::spawn(async move {
+                    let mut dec = wharf_logshuttle::wire::FrameDecoder { max: 1 << 20 };
+                    let mut buf = bytes::BytesMut::new();
+                    let mut b = vec![0u8; chunk];
+                    loop {
+                        match s.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                        while let Ok(Some(f)) = dec.decode(&mut buf) {
+                            frames.lock().push(String::from_utf8_lossy(&f).into_owned());
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                });
+            }
+        });
+        SlowReceiver { port, frames, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("syslog+tcp://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A TCP listener that accepts and never reads: a stalled drain receiver.
+pub struct StalledReceiver {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StalledReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl StalledReceiver {
+    pub async fn start() -> StalledReceiver {
+        let sock = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        sock.set_recv_buffer_size(8 * 1024).unwrap();
+        sock.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        sock.listen(16).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let l = tokio::net::TcpListener::from_std(sock.into()).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        StalledReceiver { port, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("syslog://127.0.0.1:{}", self.port)
     }
 }
