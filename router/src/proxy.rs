@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -71,9 +72,68 @@ pub struct Ctx {
     set_sticky: bool,
     body_bytes: u64,
     max_body: u64,
+    first_byte: Option<FirstByteTimer>,
     /// The request's slot among its app's requests in flight, given back when the context
     /// drops.
     in_flight: Option<crate::limits::InFlightGuard>,
+}
+
+/// The first-byte (H12) deadline when it is shorter than the idle one (H15). pingora has one
+/// read timeout per upstream connection, which the router sets to the idle timeout between
+/// response chunks; this timer covers the wait for the response head and, when it fires
+/// first, shuts the upstream socket down so pingora's read ends at once.
+#[derive(Debug)]
+struct FirstByteTimer {
+    fired: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FirstByteTimer {
+    fn arm(fd: std::os::unix::io::RawFd, after: Duration) -> FirstByteTimer {
+        let fired = Arc::new(AtomicBool::new(false));
+        let f = fired.clone();
+        let task = tokio::spawn(async move {
+            pingora::prelude::sleep(after).await;
+            f.store(true, Ordering::Release);
+            // The socket is still this request's: the timer is cancelled as soon as the
+            // response head arrives or the request ends, before the connection is pooled
+            // or closed.
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        });
+        FirstByteTimer { fired, task }
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for FirstByteTimer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Ctx {
+    /// Stop the first-byte timer (the response head arrived, or the request is over).
+    fn disarm_first_byte(&mut self) -> bool {
+        self.first_byte.take().is_some_and(|t| {
+            t.task.abort();
+            t.fired()
+        })
+    }
+
+    fn first_byte_fired(&self) -> bool {
+        self.first_byte.as_ref().is_some_and(FirstByteTimer::fired)
+    }
+}
+
+/// The upstream read timeout pingora applies to every read, and the first-byte deadline the
+/// router keeps itself when that one is shorter.
+fn upstream_timeouts(first_byte_ms: u64, idle_ms: u64) -> (Duration, Option<Duration>) {
+    let read = first_byte_ms.max(idle_ms);
+    let first = (first_byte_ms < read).then(|| Duration::from_millis(first_byte_ms));
+    (Duration::from_millis(read), first)
 }
 
 impl Edge {
@@ -225,6 +285,7 @@ impl ProxyHttp for Edge {
             set_sticky: false,
             body_bytes: 0,
             max_body: 0,
+            first_byte: None,
             in_flight: None,
         }
     }
@@ -543,7 +604,8 @@ impl ProxyHttp for Edge {
         let s = &live.table.settings;
         let mut peer = HttpPeer::new(b.address, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_millis(s.connect_timeout_ms));
-        peer.options.read_timeout = Some(Duration::from_millis(s.first_byte_timeout_ms));
+        let (read, _) = upstream_timeouts(s.first_byte_timeout_ms, s.idle_timeout_ms);
+        peer.options.read_timeout = Some(read);
         peer.options.write_timeout = Some(Duration::from_millis(s.idle_timeout_ms));
         peer.options.idle_timeout = Some(Duration::from_secs(90));
         Ok(Box::new(peer))
@@ -554,10 +616,17 @@ impl ProxyHttp for Edge {
         _session: &mut Session,
         _reused: bool,
         _peer: &HttpPeer,
-        _fd: std::os::unix::io::RawFd,
+        fd: std::os::unix::io::RawFd,
         _digest: Option<&Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(live) = &ctx.live {
+            let s = &live.table.settings;
+            if let (_, Some(first)) = upstream_timeouts(s.first_byte_timeout_ms, s.idle_timeout_ms)
+            {
+                ctx.first_byte = Some(FirstByteTimer::arm(fd, first));
+            }
+        }
         if let Some(t) = ctx.connect_started {
             let d = t.elapsed();
             ctx.connect_ms = Some(d.as_millis() as u64);
@@ -597,6 +666,32 @@ impl ProxyHttp for Edge {
         });
         if ctx.tried.len() < 2 && others {
             e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // The connection is done with: its first-byte timer must not outlive it.
+        let timed_out = ctx.first_byte_fired();
+        ctx.first_byte = None;
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if timed_out {
+            // H12: the dyno had the request for the whole deadline; never retried.
+            ctx.code = Some(HCode::H12);
+            e.set_retry(false);
+        } else if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }
@@ -655,6 +750,7 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.disarm_first_byte();
         ctx.response_started = true;
         ctx.status = resp.status.as_u16();
         headers::strip_response_hop_by_hop(resp, ctx.upgrade);
@@ -680,6 +776,7 @@ impl ProxyHttp for Edge {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let downstream = matches!(e.esource(), pingora::ErrorSource::Downstream);
+        let first_byte_timeout = ctx.disarm_first_byte() || ctx.code == Some(HCode::H12);
         if let ErrorType::HTTPStatus(status) = e.etype() {
             let status = *status;
             ctx.status = status;
@@ -692,6 +789,7 @@ impl ProxyHttp for Edge {
             };
         }
         let code = match e.etype() {
+            _ if first_byte_timeout && !ctx.response_started => Some(HCode::H12),
             _ if downstream => match e.etype() {
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
                     Some(HCode::H27)

@@ -663,3 +663,302 @@ fn request_body_limit() {
     );
     assert_eq!(g.status, 413, "{g:?}");
 }
+
+/// A dyno on a raw socket, for answers no HTTP library gives: it reads each request head and
+/// hands the socket to `act`. Accepts until dropped (bounded: at most 30 s of polling).
+struct RawDyno {
+    addr: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RawDyno {
+    fn start(act: impl Fn(TcpStream) + Send + Sync + 'static) -> RawDyno {
+        Self::start_with_head(move |s, _| act(s))
+    }
+
+    /// Like [`RawDyno::start`], with the request head as text.
+    fn start_with_head(act: impl Fn(TcpStream, String) + Send + Sync + 'static) -> RawDyno {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let act = Arc::new(act);
+        let thread = std::thread::spawn(move || {
+            for _ in 0..3000 {
+                if stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let act = act.clone();
+                        std::thread::spawn(move || {
+                            s.set_nonblocking(false).unwrap();
+                            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                            if let Some(head) = read_head(&mut s) {
+                                act(s, head);
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        RawDyno {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for RawDyno {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Read one request head (up to 64 KiB); `None` when the peer went away first.
+fn read_head(s: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1024];
+    while head.len() < 65536 {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => {
+                head.extend_from_slice(&b[..n]);
+                if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    return Some(String::from_utf8_lossy(&head).into_owned());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn dyno_closing_without_a_response_is_h13_and_a_malformed_response_is_h25() {
+    let pki = Pki::new();
+    // Reads the request, then closes the connection without a byte of response.
+    let closer = RawDyno::start(drop);
+    // Answers with something that is not HTTP.
+    let garbage = RawDyno::start(|mut s| {
+        let _ = s.write_all(b"HELLO THERE\r\nthis is not http\r\n\r\n");
+    });
+    let mut s = base(&pki);
+    let closed = add_app(&mut s, "closed", "prod", &[closer.addr]);
+    let bad = add_app(&mut s, "bad", "prod", &[garbage.addr]);
+    let sink = Collect::default();
+    let r = start(&s, &sink);
+    let https = r.addrs().https.unwrap();
+
+    let g = curl(&pki, https, "https", &host(&closed), "/x", &["--http1.1"]);
+    assert_eq!(g.status, 503, "{g:?}");
+    assert_eq!(
+        g.body, "Application error: connection closed without response\n",
+        "{g:?}"
+    );
+    let line = sink.wait_for("code=H13");
+    assert!(
+        line.line
+            .contains("desc=\"Connection closed without response\""),
+        "{}",
+        line.line
+    );
+    assert!(line.line.contains("status=503"), "{}", line.line);
+    assert_eq!(line.app, closed);
+
+    let g = curl(&pki, https, "https", &host(&bad), "/y", &[]);
+    assert_eq!(g.status, 502, "{g:?}");
+    assert_eq!(
+        g.body, "Bad Gateway: invalid response from the app\n",
+        "{g:?}"
+    );
+    let line = sink.wait_for("code=H25");
+    assert!(line.line.contains("status=502"), "{}", line.line);
+    assert!(line.line.contains("path=\"/y\""), "{}", line.line);
+
+    let text = String::from_utf8(r.metrics().render()).unwrap();
+    for code in ["H13", "H25"] {
+        assert!(
+            text.contains(&format!("wharf_router_errors_total{{code=\"{code}\"}} 1")),
+            "{code} not counted in\n{text}"
+        );
+    }
+}
+
+#[test]
+fn client_gone_before_the_response_is_h27_logged_as_499() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "slow", "prod", &[d.addr]);
+    let sink = Collect::default();
+    let r = start(&s, &sink);
+    let https = r.addrs().https.unwrap();
+    let h = host(&app);
+    // The client sends its request and goes away while the dyno still works on it.
+    let mut c = raw_tls(&pki, https, &h);
+    c.write_all(format!("GET /sleep/2000 HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())
+        .unwrap();
+    c.flush().unwrap();
+    for _ in 0..200 {
+        if d.hits() > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(d.hits(), 1, "the request reached the dyno");
+    c.conn.send_close_notify();
+    let _ = c.conn.complete_io(&mut c.sock);
+    c.sock.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(c);
+
+    let line = sink.wait_for("code=H27");
+    assert!(
+        line.line.contains("desc=\"Client Request Interrupted\""),
+        "{}",
+        line.line
+    );
+    assert!(line.line.contains("status=499"), "{}", line.line);
+    assert!(line.line.contains("path=\"/sleep/2000\""), "{}", line.line);
+    let text = String::from_utf8(r.metrics().render()).unwrap();
+    assert!(
+        text.contains("wharf_router_errors_total{code=\"H27\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn first_byte_and_idle_timeouts_are_separate_h12_and_h15() {
+    let pki = Pki::new();
+    // `/late`: the head after 1.5 s. `/drip`: chunks 1.5 s apart. `/stall`: one chunk, then
+    // 3.5 s of silence.
+    let dyno = RawDyno::start_with_head(|mut s, head| {
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let pause = |ms| std::thread::sleep(Duration::from_millis(ms));
+        let chunk = |s: &mut TcpStream, text: &str| {
+            s.write_all(format!("{:x}\r\n{text}\r\n", text.len()).as_bytes())
+        };
+        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+        let _ = (|| -> std::io::Result<()> {
+            match path.as_str() {
+                "/late" => {
+                    pause(1500);
+                    s.write_all(head)?;
+                    chunk(&mut s, "late\n")?;
+                }
+                "/drip" => {
+                    s.write_all(head)?;
+                    for i in 0..3 {
+                        chunk(&mut s, &format!("drip {i}\n"))?;
+                        pause(1500);
+                    }
+                }
+                _ => {
+                    s.write_all(head)?;
+                    chunk(&mut s, "first\n")?;
+                    pause(3500);
+                    chunk(&mut s, "too late\n")?;
+                }
+            }
+            s.write_all(b"0\r\n\r\n")
+        })();
+    });
+    let mut s = base(&pki);
+    s.router.first_byte_timeout_ms = 1000;
+    s.router.idle_timeout_ms = 2000;
+    let app = add_app(&mut s, "stream", "prod", &[dyno.addr]);
+    let sink = Collect::default();
+    let r = start(&s, &sink);
+    let https = r.addrs().https.unwrap();
+    let h = host(&app);
+
+    // No head within the first-byte deadline: 503 H12.
+    let g = curl(&pki, https, "https", &h, "/late", &[]);
+    assert_eq!(g.status, 503, "{g:?}");
+    assert_eq!(g.body, "Application error: request timeout\n");
+    let line = sink.wait_for("path=\"/late\"");
+    assert!(line.line.contains("code=H12"), "{}", line.line);
+
+    // Gaps longer than the first-byte deadline but within the idle one: the whole stream.
+    let g = curl(&pki, https, "https", &h, "/drip", &[]);
+    assert_eq!(g.status, 200, "{g:?}");
+    assert_eq!(g.body, "drip 0\ndrip 1\ndrip 2\n");
+    let line = sink.wait_for("path=\"/drip\"");
+    assert!(line.line.starts_with("at=info"), "{}", line.line);
+
+    // Silence past the idle deadline mid-stream: cut, H15.
+    let mut c = raw_tls(&pki, https, &h);
+    c.write_all(format!("GET /stall HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("first"), "{got}");
+    assert!(!got.contains("too late"), "{got}");
+    let line = sink.wait_for("path=\"/stall\"");
+    assert!(line.line.contains("code=H15"), "{}", line.line);
+    assert!(
+        line.line.contains("desc=\"Idle connection\""),
+        "{}",
+        line.line
+    );
+}
+
+#[test]
+fn more_headers_than_the_parser_takes_get_431() {
+    let pki = Pki::new();
+    // A raw dyno: hyper's own parser would stop at 100 headers.
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h2 = hits.clone();
+    let d = RawDyno::start(move |mut s| {
+        h2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ =
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n");
+    });
+    let hits = move || hits.load(std::sync::atomic::Ordering::SeqCst);
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "api", "prod", &[d.addr]);
+    let r = start(&s, &Collect::default());
+    let h = host(&app);
+    let request = |n: usize| {
+        let mut req = format!("GET /h HTTP/1.1\r\nHost: {h}\r\n");
+        for i in 1..n {
+            req.push_str(&format!("X-H-{i}: {i}\r\n"));
+        }
+        req.push_str("\r\n");
+        req
+    };
+    // Up to pingora's 256 headers: proxied.
+    let resp = exchange(&pki, r.addrs().https.unwrap(), &h, request(256).as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(hits(), 1);
+    for n in [257, 1000, 1001, 3000] {
+        for addr in [r.addrs().https.unwrap(), r.addrs().internal.unwrap()] {
+            let resp = if Some(addr) == r.addrs().https {
+                exchange(&pki, addr, &h, request(n).as_bytes())
+            } else {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                c.write_all(request(n).as_bytes()).unwrap();
+                let mut out = String::new();
+                let _ = c.read_to_string(&mut out);
+                out
+            };
+            assert!(
+                resp.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+                "{n} headers on {addr}: {resp}"
+            );
+        }
+    }
+    assert_eq!(hits(), 1, "nothing over the limit reached the dyno");
+    // The router keeps serving requests within the limit.
+    let g = curl(&pki, r.addrs().https.unwrap(), "https", &h, "/after", &[]);
+    assert_eq!(g.status, 200);
+}
