@@ -41,7 +41,10 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
+    // No empty label (`.`, `..`, `a..b`, `.a`): found by the route_lookup fuzz target, where
+    // `..` normalised to `.`, which normalised again to nothing.
     if host.is_empty()
+        || host.split('.').any(str::is_empty)
         || host.len() > 253
         || !host
             .bytes()
