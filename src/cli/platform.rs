@@ -11,6 +11,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+#[path = "pipeline_cmds.rs"]
+mod pipeline_cmds;
+
 #[derive(Debug, Args, Clone)]
 pub struct Conn {
     /// Control plane API URL.
@@ -36,6 +39,8 @@ pub struct AppArg {
 
 #[derive(Debug, Subcommand)]
 pub enum PlatformCommand {
+    #[command(flatten)]
+    Pipelines(pipeline_cmds::PipelineCommand),
     /// Create an app in a space.
     #[command(name = "apps:create")]
     AppsCreate {
@@ -481,6 +486,7 @@ pub fn run(cmd: PlatformCommand) -> anyhow::Result<ExitCode> {
 async fn exec(cmd: PlatformCommand) -> anyhow::Result<()> {
     use PlatformCommand as P;
     match cmd {
+        P::Pipelines(cmd) => pipeline_cmds::exec(cmd).await?,
         P::AppsCreate {
             name,
             space,

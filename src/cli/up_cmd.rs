@@ -247,6 +247,12 @@ async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the router")?,
     );
     shuttle.apply(first.shuttle).context("log plan refused")?;
+    // Canary verdicts: the router's abort events and per-side figures reach the control plane.
+    cp.follow_router_events(router.events());
+    let figures = Arc::downgrade(&router);
+    cp.set_canary_figures(Arc::new(wharf_control::canary::FnFigures(
+        move |app: &str| figures.upgrade()?.canary_figures(app),
+    )));
 
     step(6, STEPS, "platform API");
     let listener = tokio::net::TcpListener::bind(a.api)
