@@ -23,7 +23,7 @@ fn start() -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(["control", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
-        .args(["--admin-token", &token])
+        .args(["--admin-token", &token, "--runtime", "none"])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -86,8 +86,9 @@ fn operator_commands_against_a_running_control_plane() {
 
     let out = ok(&s, &["config:set", "A=1", "B=two words", "-a", "api-prod"]);
     assert!(out.contains("done, v2"), "{out}");
-    let out = ok(&s, &["config:show", "-a", "api-prod"]);
+    let out = ok(&s, &["config", "-a", "api-prod"]);
     assert!(out.contains("B: two words"), "{out}");
+    assert_eq!(ok(&s, &["config:show", "-a", "api-prod"]), out);
     let out = ok(&s, &["config:unset", "A", "-a", "api-prod"]);
     assert!(out.contains("done, v3"), "{out}");
     let out = ok(&s, &["config:show", "-a", "api-prod", "--json"]);

@@ -47,6 +47,8 @@ impl Up {
                 "none",
                 "--admin",
                 &format!("127.0.0.1:{admin}"),
+                "--rendezvous",
+                &format!("127.0.0.1:{}", free_port()),
             ])
             .args(extra)
             .stdout(Stdio::null())
@@ -106,6 +108,23 @@ impl Up {
         );
         assert!(out.status.success(), "wharf {args:?} failed:\n{text}");
         text
+    }
+
+    /// `wharf run` attached, trusting the local CA: (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .arg("run")
+            .args(args)
+            .env("WHARF_API_URL", &self.api)
+            .env("WHARF_API_TOKEN", self.token())
+            .env("WHARF_CA", self.data.join("ca.pem"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// `wharf deploy -a APP DIR`: packs, runs bin/build, releases. Returns its output.
@@ -427,15 +446,30 @@ fn walkthrough(extra: &[String]) {
         let logs = up.cli(&["logs", "-a", "hello-prod", "-n", "100"]);
         if logs.contains("heroku[router]: at=info method=GET path=\"/first\"")
             && logs.contains("app[web.1]: request method=GET path=/first")
+            && logs.contains("app[build]: -----> Running bin/build")
+            && logs.contains("nothing to compile")
         {
             break;
         }
         assert!(
             Instant::now() < end,
-            "router and app lines missing:\n{logs}"
+            "build, router and app lines missing:\n{logs}"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+
+    // A one-off dyno attached over the TLS rendezvous: its output here, its exit status ours.
+    let (code, out, err) = up.run(&[
+        "-a",
+        "hello-prod",
+        "--",
+        "sh",
+        "-c",
+        "echo one-off in $DYNO with $PORT; exit 3",
+    ]);
+    assert_eq!(code, Some(3), "{out}\n{err}");
+    assert!(out.contains("one-off in run.1 with"), "{out}\n{err}");
+    assert!(!out.contains("__wharf_exit_status__"), "{out}");
 
     // A syslog drain to a real rsyslog receiver gets the router's and the app's lines too.
     let rsyslog = Rsyslog::start();
@@ -589,8 +623,12 @@ fn walkthrough(extra: &[String]) {
     up.cli(&["filters:attach", "staff", "-a", "api-prod"]);
     up.wait_get("api-prod.wharf.localhost", "/", |s, _| s == 401);
 
-    // Delete an app: its dynos, its routes and its host are gone.
+    // Delete an app: its dynos, its routes, its host and its drains are gone.
     assert!(dynos_of(&hello_dir) >= 3, "hello runs 3 web dynos");
+    assert!(
+        drain_connections(rsyslog.port) > 0,
+        "the shuttle holds a connection to hello's drain"
+    );
     up.cli(&[
         "apps:destroy",
         "-a",
@@ -606,6 +644,15 @@ fn walkthrough(extra: &[String]) {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(dynos_of(&apps_dir) > 0, "api keeps running");
+    // The shuttle dropped the destroyed app's drain and closed its connection to rsyslog.
+    let end = Instant::now() + Duration::from_secs(30);
+    while drain_connections(rsyslog.port) > 0 {
+        assert!(
+            Instant::now() < end,
+            "the shuttle still holds the destroyed app's drain connection"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Ctrl-C stops every dyno.
     drop(up);
     let end = Instant::now() + Duration::from_secs(30);
@@ -613,4 +660,18 @@ fn walkthrough(extra: &[String]) {
         assert!(Instant::now() < end, "dynos left behind after Ctrl-C");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Established TCP connections to 127.0.0.1:`port` (a drain receiver), as `ss` counts them.
+fn drain_connections(port: u16) -> usize {
+    let out = Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( dport = :{port} )"),
+        ])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }

@@ -44,6 +44,9 @@ pub trait LogSource: Send + Sync + 'static {
     async fn history(&self, app: &str, query: &LogQuery) -> Vec<LogLine>;
     /// Lines of `app` from now on, until the stream is dropped.
     fn tail(&self, app: &str, query: &LogQuery) -> BoxStream<'static, LogLine>;
+    /// Put a line the control plane was handed (build output) into the app's stream. Never
+    /// blocks; a source that keeps no lines drops it.
+    fn publish(&self, _line: LogLine) {}
 }
 
 /// A line as Heroku prints it: `2026-11-23T09:30:00.123456+00:00 app[web.1]: text`.
@@ -101,6 +104,10 @@ impl LineSink for MemoryLogs {
 
 #[async_trait::async_trait]
 impl LogSource for MemoryLogs {
+    fn publish(&self, line: LogLine) {
+        self.send(line);
+    }
+
     async fn history(&self, app: &str, query: &LogQuery) -> Vec<LogLine> {
         let Ok(l) = self.lines.lock() else {
             return Vec::new();

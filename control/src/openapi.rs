@@ -270,6 +270,14 @@ pub const OPERATIONS: &[Operation] = &[
         &[],
         false,
     ),
+    op(
+        "post",
+        "/apps/{app}/build-output",
+        "Add build output lines to the app's log stream",
+        202,
+        &["lines:array!"],
+        false,
+    ),
     op("get", "/apps/{app}/domains", "List domains", 200, &[], true),
     op(
         "post",

@@ -1438,9 +1438,12 @@ impl Runtime for LocalRuntime {
         Ok(())
     }
 
+    /// Running dynos, plus one `idle` entry (`report.1`, no process) per scheduled process type
+    /// that is waiting for its next firing.
     fn dynos(&self) -> Vec<DynoStatus> {
         let st = self.sh.state.lock();
-        st.dynos
+        let mut out: Vec<DynoStatus> = st
+            .dynos
             .values()
             .map(|d| DynoStatus {
                 id: d.id.to_string(),
@@ -1453,7 +1456,28 @@ impl Runtime for LocalRuntime {
                 updated_at_us: d.updated_at_us,
                 restarts: d.restarts,
             })
-            .collect()
+            .collect();
+        for (key, a) in &st.apps {
+            for ptype in a.schedules.keys() {
+                let running = out
+                    .iter()
+                    .any(|d| d.app == *key && d.process_type == *ptype);
+                if !running {
+                    out.push(DynoStatus {
+                        id: format!("idle:{key}:{ptype}"),
+                        app: key.clone(),
+                        name: format!("{ptype}.1"),
+                        process_type: ptype.clone(),
+                        release: a.desired.release,
+                        state: DynoState::Idle,
+                        address: None,
+                        updated_at_us: 0,
+                        restarts: 0,
+                    });
+                }
+            }
+        }
+        out
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

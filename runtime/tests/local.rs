@@ -572,6 +572,14 @@ async fn scheduled_dyno_fires() {
     })
     .await
     .unwrap();
+    // Between firings the scheduled type is reported idle, with no process behind it.
+    let idle = rt
+        .dynos()
+        .into_iter()
+        .find(|d| d.process_type == "report")
+        .expect("the scheduled type is listed");
+    assert_eq!(idle.state, wharf_config::DynoState::Idle);
+    assert_eq!((idle.name.as_str(), idle.address), ("report.1", None));
     let e = wait_event(&mut events, "the schedule to fire", |e| {
         matches!(e, RuntimeEvent::Scheduled { .. })
     })
@@ -595,6 +603,24 @@ async fn scheduled_dyno_fires() {
     })
     .await;
     assert!(sink.has("report.1", Source::App, "tick from report.1"));
+    // Exited: idle again until the next minute.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let states: Vec<_> = rt
+            .dynos()
+            .into_iter()
+            .filter(|d| d.process_type == "report")
+            .map(|d| d.state)
+            .collect();
+        if states == [wharf_config::DynoState::Idle] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "not idle again: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     rt.shutdown().await;
 }
 

@@ -99,7 +99,7 @@ fn router_is_behind_a_load_balancer_and_settings_are_wired() {
     let ports: BTreeSet<i32> = spec.ports.unwrap().iter().map(|p| p.port).collect();
     assert_eq!(ports, BTreeSet::from([80, 443]));
     let settings = find(&docs, "ConfigMap", "wharf-settings");
-    assert!(settings["data"]["WHARF_KAFKA_BROKERS"].is_string());
+    assert!(settings["data"]["WHARF_KAFKA"].is_string());
     let db = find(&docs, "Secret", "wharf-database");
     assert!(
         db["stringData"]["WHARF_DATABASE_URL"]
@@ -122,7 +122,10 @@ fn router_is_behind_a_load_balancer_and_settings_are_wired() {
                 .or(e.config_map_ref.as_ref().map(|c| c.name.clone()))
         })
         .collect();
-    assert_eq!(from, vec!["wharf-settings", "wharf-database"]);
+    assert_eq!(
+        from,
+        vec!["wharf-settings", "wharf-database", "wharf-control-token"]
+    );
     // Only the control plane may talk to the API.
     for name in ["wharf-router", "wharf-logshuttle"] {
         let sa = find(&docs, "ServiceAccount", name);

@@ -1,11 +1,26 @@
-//! `wharf config …`: check snapshot files without running anything.
+//! `wharf config -a APP`: an app's config vars, as `heroku config` shows them; `wharf config
+//! check FILE`: check a snapshot file without running anything.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use wharf_config::{Format, Problems, Validated};
+
+use super::platform::{AppArg, Conn, PlatformCommand};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub cmd: Option<ConfigCommand>,
+    /// App whose config vars to show: `{app}-{space}`, or its name when unique.
+    #[arg(short, long, required = true)]
+    pub app: Option<String>,
+    #[command(flatten)]
+    pub c: Conn,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -19,7 +34,17 @@ pub enum ConfigCommand {
     },
 }
 
-pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
+pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    let cmd = match (args.cmd, args.app) {
+        (Some(cmd), _) => cmd,
+        (None, Some(app)) => {
+            return super::platform::run(PlatformCommand::Config {
+                a: AppArg { app },
+                c: args.c,
+            });
+        }
+        (None, None) => anyhow::bail!("give -a APP, or a subcommand (`wharf config check FILE`)"),
+    };
     match cmd {
         ConfigCommand::Check { file, json } => match load_file(&file)? {
             Ok(v) => {

@@ -1,4 +1,5 @@
-//! `wharf control`: the control plane on its own (API, store, snapshot feed for the planes).
+//! `wharf control`: the control plane on its own (API, store, snapshot feed for the planes,
+//! and the dyno runtime: local processes, Kubernetes, or none).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,11 +7,23 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use wharf_control::auth::Scope;
 use wharf_control::logs::MemoryLogs;
 use wharf_control::store::Store;
 use wharf_control::{ControlPlane, NoRuntime, Settings};
+use wharf_runtime::settings::{LocalSettings, RuntimeSettings};
+
+/// Where `wharf control` runs dynos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ControlRuntime {
+    /// Dynos are child processes of this one (their lines are kept for `wharf logs`).
+    Local,
+    /// Dynos are Deployments on the cluster of the current kubeconfig or service account.
+    Kubernetes,
+    /// No dynos: the API and the snapshot feed only.
+    None,
+}
 
 #[derive(Debug, Args)]
 pub struct ControlArgs {
@@ -48,6 +61,12 @@ pub struct ControlArgs {
     /// Host name clients reach the rendezvous socket at (the certificate must name it).
     #[arg(long, default_value = "127.0.0.1")]
     pub rendezvous_host: String,
+    /// Where dynos run.
+    #[arg(long, value_enum, default_value_t = ControlRuntime::Local, env = "WHARF_RUNTIME")]
+    pub runtime: ControlRuntime,
+    /// Ports local dynos listen on: START-END.
+    #[arg(long, default_value = "20000-29999", value_parser = super::up_cmd::port_range)]
+    pub dyno_ports: (u16, u16),
 }
 
 pub fn run(a: ControlArgs) -> anyhow::Result<ExitCode> {
@@ -85,14 +104,27 @@ async fn serve(a: ControlArgs) -> anyhow::Result<ExitCode> {
             key_pem: read(key)?,
         });
     }
-    let cp = ControlPlane::new(
-        store,
-        Arc::new(NoRuntime::default()),
-        Arc::new(MemoryLogs::default()),
-        settings,
-    )
-    .await
-    .context("cannot start the control plane")?;
+    let logs = Arc::new(MemoryLogs::default());
+    let runtime: Arc<dyn wharf_runtime::Runtime> = match a.runtime {
+        ControlRuntime::None => Arc::new(NoRuntime::default()),
+        ControlRuntime::Local | ControlRuntime::Kubernetes => {
+            let settings = if a.runtime == ControlRuntime::Local {
+                RuntimeSettings::Local(LocalSettings {
+                    port_start: a.dyno_ports.0,
+                    port_end: a.dyno_ports.1,
+                    ..Default::default()
+                })
+            } else {
+                RuntimeSettings::Kubernetes(Default::default())
+            };
+            wharf_runtime::settings::build(&settings, logs.clone())
+                .await
+                .context("cannot start the dyno runtime")?
+        }
+    };
+    let cp = ControlPlane::new(store, runtime.clone(), logs, settings)
+        .await
+        .context("cannot start the control plane")?;
     if let Some(t) = &a.admin_token {
         cp.ensure_token(t, Scope::admin(), "admin (--admin-token)")
             .await?;
@@ -113,6 +145,8 @@ async fn serve(a: ControlArgs) -> anyhow::Result<ExitCode> {
     axum::serve(listener, cp.router())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    tracing::info!("stopping dynos");
+    runtime.shutdown().await;
     cp.store().close().await;
     Ok(ExitCode::SUCCESS)
 }

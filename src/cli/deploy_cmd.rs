@@ -1,10 +1,13 @@
 //! `wharf deploy -a APP DIR`: pack a directory into an immutable slug, run its build step with
-//! the output streamed to the caller, then create the build (and so the release) through the API.
-//! `--image REF` deploys a container image instead (Kubernetes runtime).
+//! the output streamed to the caller and, as `app[build]` lines, to the app's log stream, then
+//! create the build (and so the release) through the API. `--image REF` deploys a container
+//! image instead (Kubernetes runtime).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -30,19 +33,29 @@ pub struct DeployArgs {
 }
 
 pub fn run(d: DeployArgs) -> anyhow::Result<ExitCode> {
-    let source = match (&d.image, &d.dir) {
-        (Some(image), _) => format!("docker://{image}"),
-        (None, Some(dir)) => {
-            let slug = pack(dir, &slug_root(&d)?.join(&d.a.app))?;
-            build(&slug)?;
-            format!("file://{}", slug.display())
-        }
-        (None, None) => bail!("give a directory or --image"),
-    };
     let client = Client::new(&d.c)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let source = match (&d.image, &d.dir) {
+        (Some(image), _) => format!("docker://{image}"),
+        (None, Some(dir)) => {
+            let slug = pack(dir, &slug_root(&d)?.join(&d.a.app))?;
+            let mut log = BuildLog {
+                client: &client,
+                rt: &rt,
+                app: &d.a.app,
+                pending: Vec::new(),
+                since: Instant::now(),
+                broken: false,
+            };
+            let built = build(&slug, &mut log);
+            log.flush();
+            built?;
+            format!("file://{}", slug.display())
+        }
+        (None, None) => bail!("give a directory or --image"),
+    };
     let v = rt.block_on(client.post(
         &format!("/apps/{}/builds", d.a.app),
         json!({"source_blob": {"url": source}}),
@@ -103,10 +116,69 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Build output on its way to the caller (stderr, at once) and to the app's log stream (in
+/// batches of up to 100 lines or 250 ms). The stream is best effort: if the API refuses a batch,
+/// the build goes on and says so once.
+struct BuildLog<'a> {
+    client: &'a Client,
+    rt: &'a tokio::runtime::Runtime,
+    app: &'a str,
+    pending: Vec<String>,
+    since: Instant,
+    broken: bool,
+}
+
+impl BuildLog<'_> {
+    const BATCH: usize = 100;
+    const EVERY: Duration = Duration::from_millis(250);
+
+    fn heading(&mut self, text: &str) {
+        eprintln!("-----> {text}");
+        self.push(format!("-----> {text}"));
+    }
+
+    fn output(&mut self, line: String) {
+        eprintln!("       {line}");
+        self.push(line);
+    }
+
+    fn push(&mut self, line: String) {
+        self.pending.push(line);
+        if self.pending.len() >= Self::BATCH {
+            self.flush();
+        }
+    }
+
+    fn tick(&mut self) {
+        if !self.pending.is_empty() && self.since.elapsed() >= Self::EVERY {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        self.since = Instant::now();
+        if self.pending.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(&mut self.pending);
+        if self.broken {
+            return;
+        }
+        let path = format!("/apps/{}/build-output", self.app);
+        if let Err(e) = self
+            .rt
+            .block_on(self.client.post(&path, json!({ "lines": lines })))
+        {
+            eprintln!("       (build output is not reaching the log stream: {e:#})");
+            self.broken = true;
+        }
+    }
+}
+
 /// Run `bin/build`, then a Procfile `release:` command, in the slug; output streamed.
-fn build(slug: &Path) -> anyhow::Result<()> {
+fn build(slug: &Path, log: &mut BuildLog<'_>) -> anyhow::Result<()> {
     if slug.join("bin/build").is_file() {
-        run_step(slug, "bin/build", Command::new(slug.join("bin/build")))?;
+        run_step(slug, "bin/build", Command::new(slug.join("bin/build")), log)?;
     }
     let procfile = std::fs::read_to_string(slug.join("Procfile")).unwrap_or_default();
     if let Some(cmd) = procfile
@@ -115,13 +187,18 @@ fn build(slug: &Path) -> anyhow::Result<()> {
     {
         let mut c = Command::new("sh");
         c.args(["-c", cmd]);
-        run_step(slug, "release phase", c)?;
+        run_step(slug, "release phase", c, log)?;
     }
     Ok(())
 }
 
-fn run_step(slug: &Path, what: &str, mut cmd: Command) -> anyhow::Result<()> {
-    eprintln!("-----> Running {what}");
+fn run_step(
+    slug: &Path,
+    what: &str,
+    mut cmd: Command,
+    log: &mut BuildLog<'_>,
+) -> anyhow::Result<()> {
+    log.heading(&format!("Running {what}"));
     let mut child = cmd
         .current_dir(slug)
         .stdin(Stdio::null())
@@ -129,20 +206,45 @@ fn run_step(slug: &Path, what: &str, mut cmd: Command) -> anyhow::Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {what}"))?;
-    let err = child.stderr.take().expect("piped");
-    let errs = std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            eprintln!("       {line}");
+    let (tx, rx) = mpsc::channel::<String>();
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|r| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+    })
+    .collect();
+    drop(tx);
+    loop {
+        match rx.recv_timeout(BuildLog::EVERY) {
+            Ok(line) => log.output(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-    });
-    if let Some(out) = child.stdout.take() {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            eprintln!("       {line}");
-        }
+        log.tick();
     }
-    let _ = errs.join();
+    for r in readers {
+        let _ = r.join();
+    }
     let status = child.wait()?;
     if !status.success() {
+        log.heading(&format!("{what} failed ({status}): nothing was released"));
         bail!("{what} failed ({status}): nothing was released");
     }
     Ok(())

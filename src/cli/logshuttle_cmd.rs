@@ -1,5 +1,6 @@
 //! `wharf logshuttle`: the log shuttle on its own, from a snapshot file (reloads on change and
-//! SIGHUP), with Logplex HTTP and syslog ingest, the in-process or Kafka bus, and metrics.
+//! SIGHUP) or following a control plane's snapshot feed, with Logplex HTTP and syslog ingest,
+//! the in-process or Kafka bus, and metrics.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,13 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 use wharf_logshuttle::{BusChoice, Handle, KafkaOptions, Options, Shuttle};
 
-use super::config_cmd::load_file;
+use super::source::{Loaded, Source, SourceArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Snapshot file (TOML or JSON) holding apps, drains and log settings.
-    #[arg(long)]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Logplex `POST /logs` listener (Basic auth with an app's log token).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
@@ -30,9 +30,9 @@ pub struct Args {
     #[arg(long, value_name = "TOKEN")]
     pub syslog_token: Option<String>,
     /// Kafka brokers (`host:port,…`); without it the bus is in-process.
-    #[arg(long, value_name = "BROKERS")]
+    #[arg(long, value_name = "BROKERS", env = "WHARF_KAFKA")]
     pub kafka: Option<String>,
-    #[arg(long, default_value = "wharf-logs")]
+    #[arg(long, default_value = "wharf-logs", env = "WHARF_KAFKA_TOPIC")]
     pub kafka_topic: String,
     /// Consumer group: one per shuttle deployment.
     #[arg(long, default_value = "wharf-logshuttle")]
@@ -47,22 +47,19 @@ pub struct Args {
     pub ca_file: Option<PathBuf>,
 }
 
-fn load_plan(file: &std::path::Path) -> anyhow::Result<wharf_config::ShuttlePlan> {
-    match load_file(file)? {
-        Ok(valid) => Ok(wharf_config::compile(&valid).shuttle),
-        Err(problems) => anyhow::bail!("{} is not valid:\n{problems}", file.display()),
-    }
-}
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let plan = load_plan(&args.config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(args, plan))
+    rt.block_on(serve(args))
 }
 
-async fn serve(args: Args, plan: wharf_config::ShuttlePlan) -> anyhow::Result<ExitCode> {
+async fn serve(args: Args) -> anyhow::Result<ExitCode> {
+    let mut source = Source::open(&args.source)?;
+    let plan = match source.first("wharf.localhost", &|_| Ok(())).await? {
+        Ok(valid) => wharf_config::compile(&valid).shuttle,
+        Err(problems) => anyhow::bail!("{} is not valid:\n{problems}", source.describe()),
+    };
     let bus = match &args.kafka {
         Some(brokers) => BusChoice::Kafka(KafkaOptions {
             brokers: brokers.clone(),
@@ -110,12 +107,11 @@ async fn serve(args: Args, plan: wharf_config::ShuttlePlan) -> anyhow::Result<Ex
         tracing::info!(addr = %l.local_addr()?, "metrics listening");
         servers.push(tokio::spawn(Handle::serve(l, shuttle.metrics_router())));
     }
-    tracing::info!(bus = shuttle.bus_kind(), config = %args.config.display(), "log shuttle running");
+    tracing::info!(bus = shuttle.bus_kind(), config = %source.describe(), "log shuttle running");
 
-    super::follow::follow_file(&args.config, Duration::from_secs(2), |why| {
-        reload(&shuttle, &args.config, why)
-    })
-    .await?;
+    source
+        .follow(|loaded, why| reload(&shuttle, loaded, why))
+        .await?;
     tracing::info!("stopping: draining buffers (up to 5 s)");
     drop(listeners);
     for s in servers {
@@ -125,9 +121,12 @@ async fn serve(args: Args, plan: wharf_config::ShuttlePlan) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reload as a diff; a bad file keeps the running plan.
-fn reload(shuttle: &Handle, file: &std::path::Path, why: &str) {
-    match load_plan(file).and_then(|p| shuttle.apply(p).map_err(anyhow::Error::from)) {
+/// Reload as a diff; a bad snapshot keeps the running plan.
+fn reload(shuttle: &Handle, loaded: Loaded, why: &str) {
+    let plan = loaded
+        .map(|valid| wharf_config::compile(&valid).shuttle)
+        .map_err(|problems| anyhow::anyhow!("not valid:\n{problems}"));
+    match plan.and_then(|p| shuttle.apply(p).map_err(anyhow::Error::from)) {
         Ok(r) => tracing::info!(
             why,
             added = r.added.len(),

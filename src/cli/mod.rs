@@ -12,6 +12,8 @@ mod follow;
 mod logshuttle_cmd;
 mod platform;
 mod router_cmd;
+mod run_cmd;
+mod source;
 mod stdout_sink;
 mod up_cmd;
 
@@ -32,12 +34,13 @@ pub enum Command {
     Up(up_cmd::UpArgs),
     /// Deploy a directory (Procfile, optional bin/build) or an image to an app.
     Deploy(deploy_cmd::DeployArgs),
-    /// Check and inspect snapshot files.
-    #[command(subcommand)]
-    Config(config_cmd::ConfigCommand),
-    /// Run the HTTPS edge router from a snapshot file (reloads on change and SIGHUP).
+    /// Run a one-off dyno attached to this terminal; exits with the command's status.
+    Run(run_cmd::RunArgs),
+    /// Show an app's config vars (`-a APP`), or check a snapshot file (`config check FILE`).
+    Config(config_cmd::ConfigArgs),
+    /// Run the HTTPS edge router from a snapshot file or a control plane's feed.
     Router(router_cmd::RouterArgs),
-    /// Run the log shuttle from a snapshot file (reloads on change and SIGHUP).
+    /// Run the log shuttle from a snapshot file or a control plane's feed.
     Logshuttle(logshuttle_cmd::Args),
     /// Run the control plane: platform API, store and snapshot feed.
     Control(control_cmd::ControlArgs),
@@ -49,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(a) => up_cmd::run(a),
         Command::Deploy(d) => deploy_cmd::run(d),
+        Command::Run(r) => run_cmd::run(r),
         Command::Config(c) => config_cmd::run(c),
         Command::Router(a) => router_cmd::run(a),
         Command::Logshuttle(a) => logshuttle_cmd::run(a),

@@ -97,7 +97,7 @@ pub enum PlatformCommand {
         #[command(flatten)]
         c: Conn,
     },
-    /// Show an app's config vars (`wharf config` is the snapshot-file command).
+    /// Show an app's config vars (same as `wharf config -a APP`).
     #[command(name = "config:show")]
     Config {
         #[command(flatten)]

@@ -1,23 +1,20 @@
-//! `wharf router`: the edge router on its own, reading a snapshot file; reloads when the file
-//! changes and on SIGHUP. An invalid file is rejected with every reason and the running table
-//! keeps serving.
+//! `wharf router`: the edge router on its own, from a snapshot file (reloaded when it changes
+//! and on SIGHUP) or following a control plane's snapshot feed. An invalid snapshot is rejected
+//! with every reason and the running table keeps serving.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
-use super::config_cmd::load_file;
+use super::source::{Loaded, Source, SourceArgs};
 
 #[derive(Debug, Args)]
 pub struct RouterArgs {
-    /// Snapshot file (TOML or JSON); see deploy/wharf.example.toml.
-    #[arg(long, short)]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Public HTTPS listener.
     #[arg(long, default_value = "0.0.0.0:8443", env = "WHARF_HTTPS")]
     pub https: SocketAddr,
@@ -53,10 +50,22 @@ impl std::str::FromStr for Listen {
 }
 
 pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
-    let valid = match load_file(&args.config)? {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut source = Source::open(&args.source)?;
+    // An HTTPS listener cannot start without a certificate: wait for a snapshot that has one.
+    let needs_cert = |v: &wharf_config::Validated| {
+        if v.certificates.is_empty() {
+            Err("it has no certificate for the HTTPS listener yet".to_owned())
+        } else {
+            Ok(())
+        }
+    };
+    let valid = match rt.block_on(source.first("wharf.localhost", &needs_cert))? {
         Ok(v) => v,
         Err(problems) => {
-            eprint!("{}: {problems}", args.config.display());
+            eprint!("{}: {problems}", source.describe());
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -77,33 +86,22 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     );
     let a = router.addrs();
     eprintln!(
-        "wharf router: https {} | http {} | internal {} | admin {} (reloads {} on change and SIGHUP)",
+        "wharf router: https {} | http {} | internal {} | admin {} | config from {}",
         show(a.https),
         show(a.http),
         show(a.internal),
         show(a.admin),
-        args.config.display()
+        source.describe()
     );
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(super::follow::follow_file(
-        &args.config,
-        Duration::from_secs(1),
-        |why| reload(&router, &args.config, why),
-    ))?;
+    rt.block_on(source.follow(|loaded, why| reload(&router, loaded, why)))?;
     tracing::info!("shutting down");
     router.shutdown();
     Ok(ExitCode::SUCCESS)
 }
 
-fn reload(router: &wharf_router::Handle, file: &std::path::Path, why: &str) {
-    match load_file(file) {
-        Err(e) => {
-            tracing::error!(error = %e, why, "reload failed; the running table keeps serving")
-        }
-        Ok(Err(problems)) => {
+fn reload(router: &wharf_router::Handle, loaded: Loaded, why: &str) {
+    match loaded {
+        Err(problems) => {
             tracing::error!(
                 why,
                 count = problems.len(),
@@ -113,8 +111,8 @@ fn reload(router: &wharf_router::Handle, file: &std::path::Path, why: &str) {
                 tracing::error!("{p}");
             }
         }
-        Ok(Ok(valid)) => match router.apply(wharf_config::compile(&valid).router) {
-            Ok(v) => tracing::info!(version = v, why, "reloaded"),
+        Ok(valid) => match router.apply(wharf_config::compile(&valid).router) {
+            Ok(v) => tracing::info!(version = v, revision = valid.revision, why, "reloaded"),
             Err(e) => {
                 tracing::error!(error = %e, why, "reload rejected; the running table keeps serving")
             }

@@ -70,9 +70,13 @@ pub struct UpArgs {
     /// Ports local dynos listen on: START-END.
     #[arg(long, default_value = "20000-29999", value_parser = port_range)]
     pub dyno_ports: (u16, u16),
+    /// TLS rendezvous socket for attached one-off dynos (`wharf run`, `heroku run`); its
+    /// certificate for 127.0.0.1 is signed by the local CA. `none` to disable.
+    #[arg(long, default_value = "127.0.0.1:5001")]
+    pub rendezvous: Listen,
 }
 
-fn port_range(s: &str) -> Result<(u16, u16), String> {
+pub(super) fn port_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s
         .split_once('-')
         .ok_or_else(|| format!("{s:?}: use START-END"))?;
@@ -102,6 +106,10 @@ fn filter_of(q: &LogQuery) -> Filter {
 
 #[async_trait]
 impl LogSource for ShuttleLogs {
+    fn publish(&self, line: LogLine) {
+        self.0.sink().send(line);
+    }
+
     async fn history(&self, app: &str, query: &LogQuery) -> Vec<LogLine> {
         self.0.history(app, query.lines, &filter_of(query))
     }
@@ -211,6 +219,15 @@ async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         ..Settings::default()
     };
     settings.logs.allow_http_drains = a.allow_http_drains;
+    if let Some(listen) = a.rendezvous.0 {
+        let (cert_pem, key_pem) = tls.leaf(&data_dir, "rendezvous", &["127.0.0.1", "localhost"])?;
+        settings.rendezvous = Some(wharf_control::rendezvous::RendezvousConfig {
+            listen,
+            public_host: listen.ip().to_string(),
+            cert_pem,
+            key_pem,
+        });
+    }
     let cp = ControlPlane::new(
         store,
         runtime.clone(),
@@ -317,8 +334,11 @@ async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(m) = router.addrs().admin {
         eprintln!("  metrics      http://{m}/metrics");
     }
+    if let Some(r) = a.rendezvous.0 {
+        eprintln!("  run          rendezvous://{r} (wharf run -a APP CMD; trusts WHARF_CA)");
+    }
     eprintln!(
-        "  local CA     {} (trust it: curl --cacert, NODE_EXTRA_CA_CERTS)",
+        "  local CA     {} (trust it: curl --cacert, NODE_EXTRA_CA_CERTS, WHARF_CA)",
         tls.ca_path.display()
     );
     match &new_token {
@@ -357,48 +377,66 @@ struct LocalTls {
     domain: String,
 }
 
+fn ca_params() -> anyhow::Result<rcgen::CertificateParams> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Wharf local CA");
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    Ok(params)
+}
+
 /// Made once in the data directory, reused after (so a trusted CA stays trusted).
 fn local_tls(dir: &Path, domain: &str) -> anyhow::Result<LocalTls> {
     let (ca_path, ca_key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-    let (cert_path, key_path) = (
-        dir.join(format!("{domain}.pem")),
-        dir.join(format!("{domain}-key.pem")),
-    );
-    let ca_params = || -> anyhow::Result<rcgen::CertificateParams> {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Wharf local CA");
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        Ok(params)
-    };
     if !(ca_path.exists() && ca_key_path.exists()) {
         let key = rcgen::KeyPair::generate()?;
         let cert = ca_params()?.self_signed(&key)?;
         std::fs::write(&ca_path, cert.pem())?;
         write_private(&ca_key_path, &key.serialize_pem())?;
-        let _ = std::fs::remove_file(&cert_path);
+        // Leaves of an earlier CA are signed by nobody this CA's users trust.
+        let _ = std::fs::remove_file(dir.join(format!("{domain}.pem")));
+        let _ = std::fs::remove_file(dir.join("rendezvous.pem"));
     }
-    if !(cert_path.exists() && key_path.exists()) {
-        let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&ca_key_path)?)?;
-        // The same subject and key as the stored CA certificate: what a leaf's issuer must match.
-        let issuer = rcgen::Issuer::new(ca_params()?, ca_key);
-        let key = rcgen::KeyPair::generate()?;
-        let params = rcgen::CertificateParams::new(vec![format!("*.{domain}"), domain.to_owned()])?;
-        let cert = params.signed_by(&key, &issuer)?;
-        std::fs::write(&cert_path, cert.pem())?;
-        write_private(&key_path, &key.serialize_pem())?;
-    }
-    Ok(LocalTls {
+    let mut tls = LocalTls {
         ca_path,
-        cert_pem: std::fs::read_to_string(&cert_path)?,
-        key_pem: std::fs::read_to_string(&key_path)?,
+        cert_pem: String::new(),
+        key_pem: String::new(),
         domain: domain.to_owned(),
-    })
+    };
+    let (cert_pem, key_pem) = tls.leaf(dir, domain, &[&format!("*.{domain}"), domain])?;
+    (tls.cert_pem, tls.key_pem) = (cert_pem, key_pem);
+    Ok(tls)
+}
+
+impl LocalTls {
+    /// A certificate for `names` (DNS names or IP addresses) signed by the local CA, kept in
+    /// `dir` as `{stem}.pem` and `{stem}-key.pem`: (certificate, key) as PEM.
+    fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> anyhow::Result<(String, String)> {
+        let (cert_path, key_path) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}-key.pem")),
+        );
+        if !(cert_path.exists() && key_path.exists()) {
+            let ca_key_path = self.ca_path.with_file_name("ca-key.pem");
+            let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&ca_key_path)?)?;
+            // The same subject and key as the stored CA certificate: what a leaf's issuer must match.
+            let issuer = rcgen::Issuer::new(ca_params()?, ca_key);
+            let key = rcgen::KeyPair::generate()?;
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            let cert = rcgen::CertificateParams::new(names)?.signed_by(&key, &issuer)?;
+            std::fs::write(&cert_path, cert.pem())?;
+            write_private(&key_path, &key.serialize_pem())?;
+        }
+        Ok((
+            std::fs::read_to_string(&cert_path)?,
+            std::fs::read_to_string(&key_path)?,
+        ))
+    }
 }
 
 /// The control plane's snapshot plus the local wildcard certificate (the default when the

@@ -4,6 +4,7 @@
 //! pagination, and the fallbacks that keep every answer JSON.
 
 pub mod apps;
+pub mod build_output;
 pub mod builds;
 pub mod certificates;
 pub mod config_vars;
@@ -85,6 +86,7 @@ pub fn router(cp: ControlPlane) -> Router {
         )
         .route("/apps/{app}/builds", get(builds::list).post(builds::create))
         .route("/apps/{app}/builds/{build}", get(builds::info))
+        .route("/apps/{app}/build-output", post(build_output::create))
         .route(
             "/apps/{app}/domains",
             get(domains::list).post(domains::create),
