@@ -477,12 +477,12 @@ mod tests {
         LogLine {
             app: app.to_owned(),
             space: "s".to_owned(),
-            source: if i % 3 == 0 {
+            source: if i.is_multiple_of(3) {
                 Source::Heroku
             } else {
                 Source::App
             },
-            process: if i % 2 == 0 { "web.1" } else { "" }.to_owned(),
+            process: if i.is_multiple_of(2) { "web.1" } else { "" }.to_owned(),
             timestamp_us: 1_700_000_000_000_000 + i as i64,
             line: format!("line {i} é"),
         }
@@ -491,8 +491,8 @@ mod tests {
     #[test]
     fn records_keep_each_apps_lines_in_order_and_round_trip() {
         let mut lines = Vec::new();
-        for i in 0..1_200 {
-            lines.push(l(if i % 4 == 0 { "b-s" } else { "a-s" }, i));
+        for i in 0..1_200usize {
+            lines.push(l(if i.is_multiple_of(4) { "b-s" } else { "a-s" }, i));
         }
         let records = encode_records(&lines);
         // In order of first appearance: b (300 lines, one record), a (900, at most 500 each).
