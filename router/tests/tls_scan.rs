@@ -2,6 +2,9 @@
 //! below TLS 1.2, no weak cipher, no known vulnerability. Slow (minutes), so ignored in the
 //! test suite; `benches/testssl.sh` runs it and prints the summary kept in SECURITY.md.
 
+// The figures and findings printed are this test's report.
+#![allow(clippy::print_stdout)]
+
 mod support;
 
 use std::process::Command;
@@ -17,8 +20,13 @@ const WEAK_CIPHERS: [&str; 6] = [
     "cipherlist_EXPORT",
     "cipherlist_LOW",
     "cipherlist_3DES_IDEA",
-    "cipherlist_OBSOLETED",
+    "cipherlist_AVERAGE",
 ];
+/// Findings about the test certificate itself (rcgen's 1975–4096 validity, no CRL or OCSP
+/// URI): properties of the issuing CA, which operators choose, not of the router's TLS.
+fn about_the_test_certificate(id: &str) -> bool {
+    matches!(id, "cert_validityPeriod" | "cert_revocation")
+}
 
 #[test]
 #[ignore = "slow: run by benches/testssl.sh"]
@@ -110,8 +118,9 @@ fn testssl_finds_no_old_protocol_weak_cipher_or_vulnerability() {
     }
     for f in &findings {
         let sev = f["severity"].as_str().unwrap_or("");
-        if matches!(sev, "MEDIUM" | "HIGH" | "CRITICAL") {
-            problems.push(format!("{} ({sev}): {}", f["id"], f["finding"]));
+        let id = f["id"].as_str().unwrap_or("");
+        if matches!(sev, "MEDIUM" | "HIGH" | "CRITICAL") && !about_the_test_certificate(id) {
+            problems.push(format!("{id} ({sev}): {}", f["finding"]));
         }
     }
     assert!(
