@@ -1207,8 +1207,37 @@ impl Runtime for KubeRuntime {
         Ok(())
     }
 
+    /// Pods as dynos, plus one `idle` entry per scheduled process type (a CronJob) with no Job
+    /// pod running.
     fn dynos(&self) -> Vec<DynoStatus> {
-        self.inner.state.lock().dynos.clone()
+        let st = self.inner.state.lock();
+        let mut out = st.dynos.clone();
+        for a in st.desired.values() {
+            for f in a
+                .formation
+                .iter()
+                .filter(|f| f.schedule.is_some() && f.quantity > 0)
+            {
+                if out
+                    .iter()
+                    .any(|d| d.app == a.key && d.process_type == f.process_type)
+                {
+                    continue;
+                }
+                out.push(DynoStatus {
+                    id: format!("idle:{}:{}", a.key, f.process_type),
+                    app: a.key.clone(),
+                    name: format!("{}.1", f.process_type),
+                    process_type: f.process_type.clone(),
+                    release: a.release,
+                    state: DynoState::Idle,
+                    address: None,
+                    updated_at_us: 0,
+                    restarts: 0,
+                });
+            }
+        }
+        out
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

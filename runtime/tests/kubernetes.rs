@@ -568,6 +568,14 @@ async fn schedule_is_a_batch_v1_cron_job() {
         api.applied("/apis/apps/v1/namespaces/prod/deployments/api--report")
             .is_empty()
     );
+    // With no Job pod running, the type is reported idle.
+    let idle: Vec<_> = rt
+        .dynos()
+        .into_iter()
+        .filter(|d| d.process_type == "report")
+        .map(|d| (d.name, d.state, d.address))
+        .collect();
+    assert_eq!(idle, vec![("report.1".to_owned(), DynoState::Idle, None)]);
 }
 
 fn managed(kind: &str, api_version: &str, name: &str, app: &str) -> Value {
