@@ -11,7 +11,6 @@ use wharf_config::{LineSink, LogLine, Source};
 use wharf_control::auth::Scope;
 use wharf_control::logs::MemoryLogs;
 use wharf_control::rendezvous::RendezvousConfig;
-use wharf_control::store::Store;
 use wharf_control::{ControlPlane, NoRuntime, Settings};
 use wharf_runtime::{
     DesiredState, DynoStatus, RunHandle, RunRequest, Runtime, RuntimeError, RuntimeEvent,
@@ -116,8 +115,20 @@ fn line(app: &str, text: &str) -> LogLine {
     }
 }
 
+mod support;
+use support::{Db, fresh_store};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_heroku_cli_works_unchanged() {
+    stock_heroku_cli(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_heroku_cli_works_unchanged_on_postgres() {
+    stock_heroku_cli(Db::Postgres).await;
+}
+
+async fn stock_heroku_cli(db: Db) {
     let bin = heroku_bin();
     assert!(
         bin.exists(),
@@ -125,9 +136,7 @@ async fn stock_heroku_cli_works_unchanged() {
         bin.display()
     );
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}/c.db", dir.path().display()))
-        .await
-        .unwrap();
+    let (store, _schema) = fresh_store(db, &dir).await;
     let logs = Arc::new(MemoryLogs::default());
     let cert =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();

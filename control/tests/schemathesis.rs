@@ -5,11 +5,25 @@ use std::sync::Arc;
 
 use wharf_control::auth::Scope;
 use wharf_control::logs::MemoryLogs;
-use wharf_control::store::Store;
 use wharf_control::{ControlPlane, NoRuntime, Settings};
+
+mod support;
+use support::{Db, fresh_store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_errors_or_schema_violations() {
+    schemathesis(Db::Sqlite, EXAMPLES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_errors_or_schema_violations_on_postgres() {
+    schemathesis(Db::Postgres, EXAMPLES).await;
+}
+
+/// Examples per operation (`-n`) in the fuzzing phase.
+const EXAMPLES: u32 = 10;
+
+async fn schemathesis(db: Db, examples: u32) {
     let found = std::process::Command::new("schemathesis")
         .arg("--version")
         .output();
@@ -18,9 +32,7 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
         "schemathesis is not installed: run scripts/test (or `pip install schemathesis`)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}/c.db", dir.path().display()))
-        .await
-        .unwrap();
+    let (store, _schema) = fresh_store(db, &dir).await;
     let cp = ControlPlane::new(
         store,
         Arc::new(NoRuntime::default()),
@@ -41,7 +53,8 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
         .args(["run", &format!("http://{addr}/openapi.json")])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
-        .args(["--phases", "examples,coverage,fuzzing", "-n", "10", "-w", "1"])
+        .args(["--phases", "examples,coverage,fuzzing", "-w", "1"])
+        .args(["-n", &examples.to_string()])
         // The long-poll waits by design; it has its own test.
         .args(["--exclude-path", "/v1/snapshot"])
         .current_dir(dir.path())
