@@ -320,6 +320,10 @@ impl Bus for KafkaBus {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
+            // One app's lines live in one partition: let a fetch bring more of it, and do not
+            // let the broker sit on a fetch for long when there is little to send.
+            .set("max.partition.fetch.bytes", "8388608")
+            .set("fetch.wait.max.ms", "50")
             .create()?;
         consumer.subscribe(&[&self.opts.topic])?;
         let consumer = Arc::new(consumer);
