@@ -312,3 +312,60 @@ fn dyno_that_accepts_and_never_answers_is_h12_and_nothing_leaks() {
     );
     drop(holder.join().unwrap());
 }
+
+#[test]
+fn dyno_killed_mid_stream_cuts_that_response_then_is_marked_down_and_skipped() {
+    let pki = Pki::new();
+    // A dyno that sends a head and part of a 100,000-byte body, then dies (listener and
+    // connection closed).
+    let dying = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dying_addr = dying.local_addr().unwrap();
+    let killer = std::thread::spawn(move || {
+        let (mut c, _) = dying.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = c.read(&mut buf);
+        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+        let _ = c.write_all(&[b'x'; 1000]);
+        std::thread::sleep(Duration::from_millis(200));
+        // The process dies: its socket and its listener go.
+    });
+    let good = Dyno::start("web.2");
+    let mut s = base(&pki);
+    let host = internal_app(&mut s, "api", &[dying_addr, good.addr]);
+    let r = start(&s, &Collect::default());
+    let addr = r.addrs().internal.unwrap();
+
+    // Round robin: send (bounded) until the dying dyno has taken a request.
+    let mut cut = None;
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let head = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        if out.len() < 100_000 && head.contains("content-length: 100000") {
+            cut = Some(out.len());
+            break;
+        }
+    }
+    killer.join().unwrap();
+    let cut = cut.expect("the dying dyno served one request");
+    println!("response cut by the dyno's death after {cut} bytes (of 100,000 promised)");
+
+    // Afterwards every request is served by the other dyno; the dead one is marked down.
+    let statuses: Vec<u16> = (0..10).map(|_| get(addr, &host, "/")).collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    println!("after the death: {ok}/10 OK");
+    assert_eq!(ok, 10, "{statuses:?}");
+    assert!(metric(&r, "wharf_router_dynos_marked_down_total ") >= 1.0);
+    assert_eq!(wait_metric(&r, OPEN, 0.0), 0.0, "client connections leaked");
+    assert_eq!(
+        wait_metric(&r, "wharf_router_requests_in_flight ", 0.0),
+        0.0,
+        "requests leaked"
+    );
+}
