@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::ErrorType;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -182,6 +184,191 @@ impl Edge {
             _ => "Application error\n",
         };
         self.respond(session, ctx, code.status(), body, &[]).await
+    }
+
+    /// HTTP/1.1 Upgrade (websockets) is proxied here, not by pingora: pingora 0.9.1 ends an
+    /// upgraded session when it reads the dyno's 101 before it has handed over the request's
+    /// (empty) body end — both are ready at once when the dyno answers quickly, and its
+    /// `select!` then picks one at random. The client saw EOF right after the 101.
+    async fn proxy_upgrade(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let live = ctx.live.clone().expect("request_filter ran");
+        let s = &live.table.settings;
+        let connect_timeout = Duration::from_millis(s.connect_timeout_ms);
+        let first_byte = Duration::from_millis(s.first_byte_timeout_ms);
+        let idle = Duration::from_millis(s.idle_timeout_ms);
+        let mut dyno = None;
+        while dyno.is_none() && ctx.tried.len() < 2 {
+            if self.upstream_peer(session, ctx).await.is_err() {
+                break;
+            }
+            let addr = *ctx.tried.last().expect("upstream_peer tried one");
+            match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr)).await
+            {
+                Ok(Ok(conn)) => {
+                    if let Some(t) = ctx.connect_started {
+                        let d = t.elapsed();
+                        ctx.connect_ms = Some(d.as_millis() as u64);
+                        self.shared.metrics.connect.observe(d.as_secs_f64());
+                    }
+                    for_backend(&live, ctx.app, addr, |b| b.mark_up());
+                    let _ = conn.set_nodelay(true);
+                    dyno = Some(conn);
+                }
+                failed => {
+                    for_backend(&live, ctx.app, addr, |b| {
+                        b.mark_down(now_ms() + s.dyno_down_ms)
+                    });
+                    self.shared.metrics.dynos_marked_down.inc();
+                    ctx.code = Some(if failed.is_err() {
+                        HCode::H19
+                    } else {
+                        HCode::H21
+                    });
+                }
+            }
+        }
+        let Some(mut dyno) = dyno else {
+            let code = ctx.code.unwrap_or(HCode::H21);
+            return self.respond_error(session, ctx, code).await;
+        };
+        ctx.code = None;
+
+        let mut req = session.req_header().clone();
+        self.upstream_request_filter(session, &mut req, ctx).await?;
+        let mut head = Vec::with_capacity(1024);
+        head.extend_from_slice(req.method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(
+            req.uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .as_bytes(),
+        );
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        for (k, v) in req.headers.iter() {
+            head.extend_from_slice(k.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(v.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        if dyno.write_all(&head).await.is_err() {
+            return self.respond_error(session, ctx, HCode::H13).await;
+        }
+
+        // The dyno's answer: its head within the first-byte deadline.
+        let mut buf = BytesMut::with_capacity(4096);
+        let end = loop {
+            match tokio::time::timeout(first_byte, dyno.read_buf(&mut buf)).await {
+                Err(_) => return self.respond_error(session, ctx, HCode::H12).await,
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    return self.respond_error(session, ctx, HCode::H13).await;
+                }
+                Ok(Ok(_)) => {
+                    if let Some(end) = crate::server::head_end(&buf) {
+                        break end;
+                    }
+                    if buf.len() > 64 * 1024 {
+                        return self.respond_error(session, ctx, HCode::H25).await;
+                    }
+                }
+            }
+        };
+        let rest = buf.split_off(end);
+        let Some(mut resp) = parse_response_head(&buf) else {
+            return self.respond_error(session, ctx, HCode::H25).await;
+        };
+        self.response_filter(session, &mut resp, ctx).await?;
+        let switching = resp.status.as_u16() == 101;
+        let declared = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if !switching {
+            // A refused upgrade: only a Content-Length body is relayed (the dyno's answer to
+            // a websocket request is a short error); anything else ends with the head.
+            if declared.is_none() {
+                resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+                resp.remove_header(&http::header::TRANSFER_ENCODING);
+            }
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        if !switching {
+            let mut left = declared.unwrap_or(0);
+            let mut chunk = rest.freeze();
+            loop {
+                let take = (chunk.len() as u64).min(left) as usize;
+                if take > 0 {
+                    left -= take as u64;
+                    session
+                        .write_response_body(Some(chunk.split_to(take)), left == 0)
+                        .await?;
+                }
+                if left == 0 {
+                    break;
+                }
+                let mut more = BytesMut::with_capacity(16 * 1024);
+                match tokio::time::timeout(idle, dyno.read_buf(&mut more)).await {
+                    Ok(Ok(n)) if n > 0 => chunk = more.freeze(),
+                    _ => {
+                        ctx.code = Some(HCode::H15);
+                        return Ok(true);
+                    }
+                }
+            }
+            if declared.is_none() {
+                session.write_response_body(None, true).await?;
+            }
+            return Ok(true);
+        }
+
+        // Switched: bytes both ways until either side closes or both idle past the deadline.
+        if !rest.is_empty() {
+            session
+                .write_response_body(Some(rest.freeze()), false)
+                .await?;
+        }
+        let (mut from_dyno, mut to_dyno) = dyno.into_split();
+        let mut b = BytesMut::with_capacity(16 * 1024);
+        enum Step {
+            Client(Result<Option<Bytes>>),
+            Dyno(std::io::Result<usize>),
+        }
+        loop {
+            // Heroku's rule for websockets too: 55 s with no byte either way ends it (H15).
+            let step = tokio::time::timeout(idle, async {
+                tokio::select! {
+                    r = session.read_request_body() => Step::Client(r),
+                    r = from_dyno.read_buf(&mut b) => Step::Dyno(r),
+                }
+            })
+            .await;
+            match step {
+                Err(_) => {
+                    ctx.code = Some(HCode::H15);
+                    break;
+                }
+                Ok(Step::Client(Ok(Some(data)))) => {
+                    if to_dyno.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Step::Client(_)) => {
+                    let _ = to_dyno.shutdown().await;
+                    break;
+                }
+                Ok(Step::Dyno(Ok(n))) if n > 0 => {
+                    session
+                        .write_response_body(Some(b.split().freeze()), false)
+                        .await?;
+                    b.reserve(16 * 1024);
+                }
+                Ok(Step::Dyno(_)) => break,
+            }
+        }
+        let _ = session.write_response_body(None, true).await;
+        Ok(true)
     }
 
     fn add_hsts(&self, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
@@ -537,6 +724,9 @@ impl ProxyHttp for Edge {
                 HCode::H14
             };
             return self.respond_error(session, ctx, code).await;
+        }
+        if ctx.upgrade && !session.is_http2() {
+            return self.proxy_upgrade(session, ctx).await;
         }
         Ok(false)
     }
@@ -939,6 +1129,23 @@ impl ProxyHttp for Edge {
             line,
         });
     }
+}
+
+/// A dyno's response head (status line and headers); `None` when it is not HTTP/1.x.
+fn parse_response_head(head: &[u8]) -> Option<ResponseHeader> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let mut status = lines.next()?.splitn(3, ' ');
+    if !status.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code: u16 = status.next()?.parse().ok()?;
+    let mut resp = ResponseHeader::build(code, None).ok()?;
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let (k, v) = line.split_once(':')?;
+        resp.append_header(k.trim().to_owned(), v.trim()).ok()?;
+    }
+    Some(resp)
 }
 
 fn rate(f: wharf_config::SideFigures) -> f64 {

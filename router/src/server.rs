@@ -124,7 +124,7 @@ async fn read_head(mut stream: Stream, shutdown: &ShutdownWatch) -> Option<(Stre
 }
 
 /// The end of the head: just past the blank line (CRLF or bare LF endings).
-fn head_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
     let mut from = 0;
     while let Some(i) = buf[from..].iter().position(|b| *b == b'\n') {
         let at = from + i;
