@@ -118,10 +118,58 @@ struct QueueSink {
     drops: Mutex<HashMap<String, (String, u64, i64)>>,
     any_drop: AtomicBool,
     metrics: Metrics,
+    /// Per-app ingest rates (`[[limits]] log_lines_per_sec`), from the plan.
+    rates: RwLock<Arc<HashMap<String, wharf_config::Rate>>>,
+    /// Per app: (tokens, last refill) of its rate's bucket.
+    buckets: Mutex<HashMap<String, (f64, std::time::Instant)>>,
+    /// Per app: (space, refused by its rate, since).
+    limited: Mutex<HashMap<String, (String, u64, i64)>>,
+}
+
+impl QueueSink {
+    /// Within the app's ingest rate? Lines over it are counted for a notice.
+    fn within_rate(&self, line: &LogLine) -> bool {
+        let rates = self.rates.read().clone();
+        let Some(rate) = rates.get(&line.app) else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        let ok = {
+            let mut b = self.buckets.lock();
+            let e = b
+                .entry(line.app.clone())
+                .or_insert((f64::from(rate.burst), now));
+            let dt = now.saturating_duration_since(e.1).as_secs_f64();
+            e.0 = (e.0 + dt * f64::from(rate.per_sec)).min(f64::from(rate.burst));
+            e.1 = now;
+            if e.0 >= 1.0 {
+                e.0 -= 1.0;
+                true
+            } else {
+                false
+            }
+        };
+        if !ok {
+            self.metrics
+                .ingest_errors
+                .with_label_values(&["any", "rate_limit"])
+                .inc();
+            let mut l = self.limited.lock();
+            let e = l
+                .entry(line.app.clone())
+                .or_insert_with(|| (line.space.clone(), 0, wire::now_us()));
+            e.1 += 1;
+            self.any_drop.store(true, Ordering::Release);
+        }
+        ok
+    }
 }
 
 impl LineSink for QueueSink {
     fn send(&self, line: LogLine) {
+        if !self.within_rate(&line) {
+            return;
+        }
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(line)) => {
@@ -147,9 +195,19 @@ impl QueueSink {
             return Vec::new();
         }
         let drops: Vec<_> = self.drops.lock().drain().collect();
+        let limited: Vec<_> = self.limited.lock().drain().collect();
+        let rates = self.rates.read().clone();
         drops
             .into_iter()
             .map(|(app, (space, n, since))| wire::notice(&app, &space, wire::l10_text(n, since)))
+            .chain(limited.into_iter().map(|(app, (space, n, since))| {
+                let per_sec = rates.get(&app).map_or(0, |r| r.per_sec);
+                let text = format!(
+                    "Log rate limit of {per_sec} lines/s applied: {n} messages dropped since {}.",
+                    wire::format_timestamp(since)
+                );
+                wire::notice(&app, &space, text)
+            }))
             .collect()
     }
 }
@@ -202,6 +260,9 @@ impl Shuttle {
             drops: Mutex::new(HashMap::new()),
             any_drop: AtomicBool::new(false),
             metrics: metrics.clone(),
+            rates: RwLock::new(Arc::new(HashMap::new())),
+            buckets: Mutex::new(HashMap::new()),
+            limited: Mutex::new(HashMap::new()),
         });
         let handle = Handle(Arc::new(Inner {
             opts: Arc::new(opts),
@@ -453,6 +514,12 @@ impl Handle {
         }
         *inner.routes.write() = Arc::new(routes);
         *inner.tokens.write() = Arc::new(tokens);
+        *inner.sink.rates.write() = Arc::new(
+            plan.apps
+                .iter()
+                .filter_map(|(k, a)| Some((k.clone(), a.log_rate?)))
+                .collect(),
+        );
         *inner.plan.lock() = Some(plan);
         Ok(report)
     }
