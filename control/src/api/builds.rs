@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use wharf_config::Artifact;
 
 use super::apps::load;
-use super::{Body, json, paginate, ts};
+use super::{Body, find_one, json, paginate, ts};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -164,11 +164,13 @@ pub async fn info(
     Path((app, build)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let a = load(&cp, &caller, &app).await?;
-    let b: BuildRow = sqlx::query_as("SELECT * FROM builds WHERE app_id = $1 AND id = $2")
-        .bind(&a.id)
-        .bind(&build)
-        .fetch_optional(cp.store().pool())
-        .await?
-        .ok_or_else(|| ApiError::not_found("build", &build))?;
+    let b: BuildRow = find_one(
+        &cp,
+        "SELECT * FROM builds WHERE app_id = $1 AND id = $2",
+        &[&a.id, &build],
+        "build",
+        &build,
+    )
+    .await?;
     Ok(json(StatusCode::OK, build_json(&a, &b, None)))
 }

@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Body, check_name, json, paginate, ts};
+use super::{Body, check_name, find_one, json, paginate, ts};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -100,11 +100,14 @@ pub async fn list(
 }
 
 async fn find(cp: &ControlPlane, ident: &str) -> ApiResult<CertRow> {
-    sqlx::query_as("SELECT * FROM certificates WHERE id = $1 OR name = $1")
-        .bind(ident)
-        .fetch_optional(cp.store().pool())
-        .await?
-        .ok_or_else(|| ApiError::not_found("certificate", ident))
+    find_one(
+        cp,
+        "SELECT * FROM certificates WHERE id = $1 OR name = $1",
+        &[ident],
+        "certificate",
+        ident,
+    )
+    .await
 }
 
 pub async fn info(

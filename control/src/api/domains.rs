@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::apps::load;
-use super::{Body, json, paginate, ts};
+use super::{Body, find_one, json, paginate, ts};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -97,12 +97,14 @@ pub async fn create(
 }
 
 async fn find(cp: &ControlPlane, a: &AppRow, ident: &str) -> ApiResult<DomainRow> {
-    sqlx::query_as("SELECT * FROM domains WHERE app_id = $1 AND (id = $2 OR hostname = $2)")
-        .bind(&a.id)
-        .bind(ident.to_ascii_lowercase())
-        .fetch_optional(cp.store().pool())
-        .await?
-        .ok_or_else(|| ApiError::not_found("domain", ident))
+    find_one(
+        cp,
+        "SELECT * FROM domains WHERE app_id = $1 AND (id = $2 OR hostname = $2)",
+        &[&a.id, &ident.to_ascii_lowercase()],
+        "domain",
+        ident,
+    )
+    .await
 }
 
 pub async fn info(

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::apps::load;
-use super::{Body, json, paginate, ts};
+use super::{Body, find_one, json, paginate, ts};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -109,12 +109,14 @@ pub async fn create(
 }
 
 async fn find(cp: &ControlPlane, a: &AppRow, ident: &str) -> ApiResult<DrainRow> {
-    sqlx::query_as("SELECT * FROM drains WHERE app_id = $1 AND (id = $2 OR url = $2 OR token = $2)")
-        .bind(&a.id)
-        .bind(ident)
-        .fetch_optional(cp.store().pool())
-        .await?
-        .ok_or_else(|| ApiError::not_found("drain", ident))
+    find_one(
+        cp,
+        "SELECT * FROM drains WHERE app_id = $1 AND (id = $2 OR url = $2 OR token = $2)",
+        &[&a.id, ident],
+        "drain",
+        ident,
+    )
+    .await
 }
 
 pub async fn info(

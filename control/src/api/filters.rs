@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::apps::load;
-use super::{Body, check_name, json, paginate, ts};
+use super::{Body, check_name, find_one, json, paginate, ts};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -331,14 +331,14 @@ pub async fn list_attachments(
 }
 
 async fn find_attachment(cp: &ControlPlane, a: &AppRow, ident: &str) -> ApiResult<AttachmentRow> {
-    sqlx::query_as(&format!(
-        "{ATTACHMENT_SELECT} WHERE t.app_id = $1 AND (t.id = $2 OR f.name = $2)"
-    ))
-    .bind(&a.id)
-    .bind(ident)
-    .fetch_optional(cp.store().pool())
-    .await?
-    .ok_or_else(|| ApiError::not_found("filter attachment", ident))
+    find_one(
+        cp,
+        &format!("{ATTACHMENT_SELECT} WHERE t.app_id = $1 AND (t.id = $2 OR f.name = $2)"),
+        &[&a.id, ident],
+        "filter attachment",
+        ident,
+    )
+    .await
 }
 
 pub async fn attachment_info(

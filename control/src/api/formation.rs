@@ -10,7 +10,7 @@ use sqlx::AnyConnection;
 use wharf_config::{DYNO_SIZES, HealthCheck};
 
 use super::apps::load;
-use super::{Body, check_name, json, paginate, ts};
+use super::{Body, check_name, find_one, json, paginate, ts};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -221,12 +221,14 @@ pub async fn list(
 }
 
 async fn find(cp: &ControlPlane, a: &AppRow, ptype: &str) -> ApiResult<FormationRow> {
-    sqlx::query_as("SELECT * FROM formation WHERE app_id = $1 AND (type = $2 OR id = $2)")
-        .bind(&a.id)
-        .bind(ptype)
-        .fetch_optional(cp.store().pool())
-        .await?
-        .ok_or_else(|| ApiError::not_found("process type", ptype))
+    find_one(
+        cp,
+        "SELECT * FROM formation WHERE app_id = $1 AND (type = $2 OR id = $2)",
+        &[&a.id, ptype],
+        "process type",
+        ptype,
+    )
+    .await
 }
 
 pub async fn info(

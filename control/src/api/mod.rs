@@ -250,6 +250,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 }
 
 /// `200` (or `201`) with a JSON body.
+/// The one row `sql` selects with `binds` as `$1`, `$2`, …, or a 404 naming `what` and `ident`.
+pub async fn find_one<T>(
+    cp: &ControlPlane,
+    sql: &str,
+    binds: &[&str],
+    what: &str,
+    ident: &str,
+) -> ApiResult<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+{
+    let mut q = sqlx::query_as::<_, T>(sql);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    q.fetch_optional(cp.store().pool())
+        .await?
+        .ok_or_else(|| ApiError::not_found(what, ident))
+}
+
 pub fn json(status: StatusCode, v: Value) -> Response {
     (status, axum::Json(v)).into_response()
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::apps::load;
-use super::{Body, json, paginate, ts};
+use super::{Body, find_one, json, paginate, ts};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -160,11 +160,14 @@ pub async fn create(
 }
 
 async fn find(cp: &ControlPlane, caller: &Caller, id: &str) -> ApiResult<RouteRow> {
-    let r: RouteRow = sqlx::query_as(&format!("{ROUTE_SELECT} WHERE r.id = $1"))
-        .bind(id)
-        .fetch_optional(cp.store().pool())
-        .await?
-        .ok_or_else(|| ApiError::not_found("route", id))?;
+    let r: RouteRow = find_one(
+        cp,
+        &format!("{ROUTE_SELECT} WHERE r.id = $1"),
+        &[id],
+        "route",
+        id,
+    )
+    .await?;
     load(cp, caller, &r.app_id).await?;
     Ok(r)
 }

@@ -6,7 +6,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Body, json, paginate, ts};
+use super::{Body, find_one, json, paginate, ts};
 use crate::ControlPlane;
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ApiResult};
@@ -144,11 +144,7 @@ pub async fn list(
 }
 
 async fn find(cp: &ControlPlane, id: &str) -> ApiResult<TokenRow> {
-    sqlx::query_as("SELECT * FROM tokens WHERE id = $1")
-        .bind(id)
-        .fetch_optional(cp.store().pool())
-        .await?
-        .ok_or_else(|| ApiError::not_found("token", id))
+    find_one(cp, "SELECT * FROM tokens WHERE id = $1", &[id], "token", id).await
 }
 
 pub async fn info(
