@@ -293,11 +293,20 @@ async fn publisher(bus: Arc<dyn Bus>, sink: Arc<QueueSink>, mut rx: mpsc::Receiv
         let mut notices = sink.take_drop_notices();
         if buf.is_empty() {
             let mut more = Vec::with_capacity(1024);
-            if rx.recv_many(&mut more, 1024).await == 0 && notices.is_empty() {
+            // Wake now and then even when no line comes: a drop recorded after the last line
+            // still owes the app its notice. (`recv_many` is cancel safe.)
+            let got = tokio::select! {
+                n = rx.recv_many(&mut more, 1024) => Some(n),
+                () = tokio::time::sleep(Duration::from_millis(250)) => None,
+            };
+            if got == Some(0) && notices.is_empty() {
                 return;
             }
             notices.append(&mut more);
             buf = notices;
+            if buf.is_empty() {
+                continue;
+            }
         } else if !notices.is_empty() {
             buf.append(&mut notices);
         }
@@ -535,11 +544,24 @@ impl Handle {
         &self,
         lines: &mut Vec<LogLine>,
     ) -> Result<crate::bus::Receipt, Error> {
+        self.within_rates(lines);
         self.0.bus.send(lines).await
     }
 
-    /// Publish lines and wait until the bus holds them durably (Kafka: acknowledged).
+    /// Drop the lines over their app's ingest rate (counted), and append the notices that say
+    /// so: a batch handed straight to the bus does not pass the sink's publisher.
+    fn within_rates(&self, lines: &mut Vec<LogLine>) {
+        let before = lines.len();
+        lines.retain(|l| self.0.sink.within_rate(l));
+        if lines.len() < before {
+            lines.append(&mut self.0.sink.take_drop_notices());
+        }
+    }
+
+    /// Publish lines and wait until the bus holds them durably (Kafka: acknowledged). Lines
+    /// over their app's ingest rate are dropped and counted first, as at the sink.
     pub async fn publish(&self, lines: &mut Vec<LogLine>) -> Result<(), Error> {
+        self.within_rates(lines);
         self.0.bus.publish(lines).await
     }
 
