@@ -99,13 +99,19 @@ async fn split_is_exact_and_a_healthy_canary_is_left_alone() {
         events.try_recv().is_err(),
         "a healthy canary is not aborted"
     );
-    let m = String::from_utf8(r.metrics().render()).unwrap();
-    assert!(
-        m.contains(
-            "wharf_router_canary_requests_total{app=\"api-prod\",class=\"2xx\",side=\"canary\"} 200"
-        ),
-        "{m}"
-    );
+    // A request is counted in its logging phase, after the client has its response: wait
+    // (bounded) for the last one to land rather than read the metrics at once.
+    let want =
+        "wharf_router_canary_requests_total{app=\"api-prod\",class=\"2xx\",side=\"canary\"} 200";
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = String::from_utf8(r.metrics().render()).unwrap();
+        if m.contains(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(m.contains(want), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
