@@ -548,14 +548,10 @@ impl Handle {
         self.0.bus.send(lines).await
     }
 
-    /// Drop the lines over their app's ingest rate (counted), and append the notices that say
-    /// so: a batch handed straight to the bus does not pass the sink's publisher.
+    /// Drop the lines over their app's ingest rate. They are counted where the sink counts its
+    /// own, and the sink's publisher (which wakes every 250 ms) writes the notice.
     fn within_rates(&self, lines: &mut Vec<LogLine>) {
-        let before = lines.len();
         lines.retain(|l| self.0.sink.within_rate(l));
-        if lines.len() < before {
-            lines.append(&mut self.0.sink.take_drop_notices());
-        }
     }
 
     /// Publish lines and wait until the bus holds them durably (Kafka: acknowledged). Lines
