@@ -1218,23 +1218,7 @@ impl Runtime for KubeRuntime {
                 .iter()
                 .filter(|f| f.schedule.is_some() && f.quantity > 0)
             {
-                if out
-                    .iter()
-                    .any(|d| d.app == a.key && d.process_type == f.process_type)
-                {
-                    continue;
-                }
-                out.push(DynoStatus {
-                    id: format!("idle:{}:{}", a.key, f.process_type),
-                    app: a.key.clone(),
-                    name: format!("{}.1", f.process_type),
-                    process_type: f.process_type.clone(),
-                    release: a.release,
-                    state: DynoState::Idle,
-                    address: None,
-                    updated_at_us: 0,
-                    restarts: 0,
-                });
+                DynoStatus::add_idle(&mut out, &a.key, &f.process_type, a.release);
             }
         }
         out

@@ -79,6 +79,35 @@ pub struct DynoStatus {
     pub restarts: u32,
 }
 
+impl DynoStatus {
+    /// Add `{type}.1` as `idle` (no process behind it) for a scheduled process type waiting
+    /// for its next firing, unless a dyno of that type is running now.
+    pub(crate) fn add_idle(
+        dynos: &mut Vec<DynoStatus>,
+        app: &str,
+        process_type: &str,
+        release: u32,
+    ) {
+        if dynos
+            .iter()
+            .any(|d| d.app == app && d.process_type == process_type)
+        {
+            return;
+        }
+        dynos.push(DynoStatus {
+            id: format!("idle:{app}:{process_type}"),
+            app: app.to_owned(),
+            name: format!("{process_type}.1"),
+            process_type: process_type.to_owned(),
+            release,
+            state: wharf_config::DynoState::Idle,
+            address: None,
+            updated_at_us: 0,
+            restarts: 0,
+        });
+    }
+}
+
 /// Something that happened, for the control plane to record (release status, dyno history).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuntimeEvent {

@@ -1459,22 +1459,7 @@ impl Runtime for LocalRuntime {
             .collect();
         for (key, a) in &st.apps {
             for ptype in a.schedules.keys() {
-                let running = out
-                    .iter()
-                    .any(|d| d.app == *key && d.process_type == *ptype);
-                if !running {
-                    out.push(DynoStatus {
-                        id: format!("idle:{key}:{ptype}"),
-                        app: key.clone(),
-                        name: format!("{ptype}.1"),
-                        process_type: ptype.clone(),
-                        release: a.desired.release,
-                        state: DynoState::Idle,
-                        address: None,
-                        updated_at_us: 0,
-                        restarts: 0,
-                    });
-                }
+                DynoStatus::add_idle(&mut out, key, ptype, a.desired.release);
             }
         }
         out
