@@ -12,7 +12,8 @@ use wharf_control::auth::Scope;
 use wharf_control::logs::MemoryLogs;
 use wharf_control::store::Store;
 use wharf_control::{ControlPlane, NoRuntime, Settings};
-use wharf_runtime::settings::{LocalSettings, RuntimeSettings};
+
+use super::up_cmd::RuntimeKind;
 
 /// Where `wharf control` runs dynos.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,20 +108,8 @@ async fn serve(a: ControlArgs) -> anyhow::Result<ExitCode> {
     let logs = Arc::new(MemoryLogs::default());
     let runtime: Arc<dyn wharf_runtime::Runtime> = match a.runtime {
         ControlRuntime::None => Arc::new(NoRuntime::default()),
-        ControlRuntime::Local | ControlRuntime::Kubernetes => {
-            let settings = if a.runtime == ControlRuntime::Local {
-                RuntimeSettings::Local(LocalSettings {
-                    port_start: a.dyno_ports.0,
-                    port_end: a.dyno_ports.1,
-                    ..Default::default()
-                })
-            } else {
-                RuntimeSettings::Kubernetes(Default::default())
-            };
-            wharf_runtime::settings::build(&settings, logs.clone())
-                .await
-                .context("cannot start the dyno runtime")?
-        }
+        ControlRuntime::Local => start_runtime(RuntimeKind::Local, &a, &logs).await?,
+        ControlRuntime::Kubernetes => start_runtime(RuntimeKind::Kubernetes, &a, &logs).await?,
     };
     let cp = ControlPlane::new(store, runtime.clone(), logs, settings)
         .await
@@ -149,6 +138,16 @@ async fn serve(a: ControlArgs) -> anyhow::Result<ExitCode> {
     runtime.shutdown().await;
     cp.store().close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn start_runtime(
+    kind: RuntimeKind,
+    a: &ControlArgs,
+    logs: &Arc<MemoryLogs>,
+) -> anyhow::Result<Arc<dyn wharf_runtime::Runtime>> {
+    wharf_runtime::settings::build(&kind.settings(a.dyno_ports), logs.clone())
+        .await
+        .context("cannot start the dyno runtime")
 }
 
 pub(super) fn write_private(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {

@@ -31,6 +31,20 @@ pub enum RuntimeKind {
     Kubernetes,
 }
 
+impl RuntimeKind {
+    /// The runtime's settings; local dynos listen on `dyno_ports` (START, END).
+    pub(super) fn settings(self, dyno_ports: (u16, u16)) -> RuntimeSettings {
+        match self {
+            RuntimeKind::Local => RuntimeSettings::Local(wharf_runtime::settings::LocalSettings {
+                port_start: dyno_ports.0,
+                port_end: dyno_ports.1,
+                ..Default::default()
+            }),
+            RuntimeKind::Kubernetes => RuntimeSettings::Kubernetes(Default::default()),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Where the store, the local CA, certificates and slugs live.
@@ -187,15 +201,7 @@ async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
             RuntimeKind::Kubernetes => "Kubernetes dyno runtime",
         },
     );
-    let runtime_settings = match a.runtime {
-        RuntimeKind::Local => RuntimeSettings::Local(wharf_runtime::settings::LocalSettings {
-            port_start: a.dyno_ports.0,
-            port_end: a.dyno_ports.1,
-            ..Default::default()
-        }),
-        RuntimeKind::Kubernetes => RuntimeSettings::Kubernetes(Default::default()),
-    };
-    let runtime = wharf_runtime::settings::build(&runtime_settings, shuttle.sink())
+    let runtime = wharf_runtime::settings::build(&a.runtime.settings(a.dyno_ports), shuttle.sink())
         .await
         .context("cannot start the dyno runtime")?;
 
