@@ -2,79 +2,17 @@
 //! over its snapshot feed, surviving the control plane going away, and a router restarted while
 //! it is away starting from its snapshot cache.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+mod support;
+use support::proc::{Proc, free_port, poll, post_log};
 
 const TOKEN: &str = "wharf_follow_test_admin_token";
 const DOMAIN: &str = "wharf.localhost";
-
-/// A child process killed on drop, its stderr collected.
-struct Proc {
-    child: Child,
-    err: Arc<Mutex<String>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(args: &[String]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let err = Arc::new(Mutex::new(String::new()));
-        let e = err.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut e = e.lock().unwrap();
-                e.push_str(&line);
-                e.push('\n');
-            }
-        });
-        Proc { child, err }
-    }
-
-    fn stderr(&self) -> String {
-        self.err.lock().unwrap().clone()
-    }
-
-    /// Wait (bounded) until stderr contains `needle`.
-    fn wait_for(&self, needle: &str, secs: u64) -> bool {
-        poll(secs, || self.stderr().contains(needle))
-    }
-}
-
-fn poll(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn control(data: &Path, port: u16) -> Proc {
     let p = Proc::spawn(&[
@@ -162,28 +100,6 @@ fn router(url: &str, https: u16, admin: u16, cache: &Path, wait: u64) -> Proc {
         "--threads".into(),
         "1".into(),
     ])
-}
-
-/// One octet-counted logplex frame POSTed with the app's log token; the HTTP status back.
-fn post_log(port: u16, token: &str, line: &str) -> String {
-    let msg = format!("<190>1 2026-11-23T12:00:00.000000+00:00 host app web.1 - - {line}");
-    let body = format!("{} {msg}", msg.len());
-    let (out, _) = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-u",
-        &format!("token:{token}"),
-        "-H",
-        "Content-Type: application/logplex-1",
-        "-H",
-        "Logplex-Msg-Count: 1",
-        "--data-binary",
-        &body,
-        &format!("http://127.0.0.1:{port}/logs"),
-    ]);
-    out
 }
 
 #[test]

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[path = "support/up.rs"]
-mod up;
-use up::*;
+mod support;
+use support::up::*;
 
 /// A copy of examples/hello with `app.py` edited by `edit`.
 fn example_copy(root: &Path, name: &str, edit: impl Fn(String) -> String) -> PathBuf {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-#[path = "support/up.rs"]
-mod up;
-use up::*;
+mod support;
+use support::proc::free_port;
+use support::up::*;
 
 /// rsyslogd receiving a syslog TCP drain (octet-counted), writing each raw message as a line.
 struct Rsyslog {

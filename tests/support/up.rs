@@ -1,7 +1,6 @@
 //! A real `wharf up` for the end-to-end tests: free ports, its own data directory, the CLI
 //! pointed at it, curl over HTTPS trusting its local CA, Ctrl-C on drop. Each test binary
-//! includes this file (`#[path = "support/up.rs"] mod up;`) and uses what it needs.
-#![allow(dead_code)]
+//! uses it through `mod support;`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -10,13 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use super::proc::free_port;
 
 pub struct Up {
     pub child: Option<Child>,
