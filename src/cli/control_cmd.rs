@@ -150,17 +150,21 @@ async fn start_runtime(
         .context("cannot start the dyno runtime")
 }
 
-pub(super) fn write_private(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
-    use std::io::Write;
+/// Create (or truncate) `path` readable by its owner only (0600): tokens, keys, snapshots.
+pub(super) fn create_private(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(f, "{secret}")?;
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub(super) fn write_private(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    writeln!(create_private(path)?, "{secret}")?;
     Ok(())
 }
 
