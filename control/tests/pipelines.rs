@@ -1385,16 +1385,25 @@ async fn canary_promoted_after_its_period_and_minimum_requests(db: Db) {
         vec![("web-live".to_owned(), 3)],
         "rolled to v3, canary dynos gone"
     );
-    let audit = ok(
-        cp,
-        Method::GET,
-        "/audit?action=canary%20promote",
-        t,
-        None,
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(audit[0]["actor"]["email"], "system");
+    // The control plane audits its own act right after the change commits: wait (bounded)
+    // for the entry rather than read it the moment the promotion shows.
+    let mut audit = Value::Null;
+    for _ in 0..100 {
+        audit = ok(
+            cp,
+            Method::GET,
+            "/audit?action=canary%20promote",
+            t,
+            None,
+            StatusCode::OK,
+        )
+        .await;
+        if !audit[0].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(audit[0]["actor"]["email"], "system", "{audit}");
 }
 
 on_both!(canary_answering_500s_aborted_by_the_router_event);
