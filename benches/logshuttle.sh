@@ -4,11 +4,12 @@
 # as the same relay in the same run, plus the stalled-drain isolation figure (a second drain that
 # never reads). Release build of the shuttle (logshuttle/examples/relay.rs).
 #
-#   benches/logshuttle.sh            # LINES=1000000 LINES_KAFKA=200000 by default
+#   benches/logshuttle.sh            # LINES=1000000 (LINES_KAFKA: the same) ROUNDS=3; ONLY=kafka
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 need_test_deps
+need_kafka_broker
 say "building the relay (release)"
 cargo build --release -p wharf-logshuttle --example relay
 export RELAY_BIN="$CARGO_TARGET_DIR/release/examples/relay"

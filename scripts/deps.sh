@@ -55,9 +55,15 @@ need_test_deps() {
   need_apt h2load nghttp2-client
   need_apt psql postgresql
   need_apt chromium chromium
-  need_cargo_bin tansu tansu 0.6.0 --no-default-features --features libsql
   need_schemathesis
   need_heroku_cli
+}
+
+# The Kafka-protocol broker the Kafka tests and benchmarks start (tansu, sqlite storage;
+# ~16 min to build cold, so scripts/test builds it beside our own code).
+need_kafka_broker() {
+  need_build_deps
+  need_cargo_bin tansu tansu 0.6.0 --no-default-features --features libsql
 }
 
 # schemathesis (PyPI) for the control plane's OpenAPI test.

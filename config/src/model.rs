@@ -498,6 +498,18 @@ pub struct RouterSettings {
     pub dyno_down_ms: u64,
     /// Largest request body, in bytes (0: unlimited).
     pub max_body_bytes: u64,
+    /// A new connection's TLS handshake and first request head must be in within this, and a
+    /// later head within this of its first byte; beyond, the connection is closed (408 first
+    /// when part of a head came).
+    pub client_header_timeout_ms: u64,
+    /// An HTTP/1 request body gets this long, plus one second per `client_body_min_rate`
+    /// bytes received; beyond, 408 (H28) and the connection is closed.
+    pub client_body_timeout_ms: u64,
+    /// Bytes per second that extend the body deadline by a second (0: no extension).
+    pub client_body_min_rate: u64,
+    /// An HTTP/2 connection with no stream open for this long gets GOAWAY (NO_ERROR) and is
+    /// closed.
+    pub client_h2_idle_timeout_ms: u64,
     /// Caps on what one client, or all of them, may hold open or send.
     pub limits: ClientLimits,
 }
@@ -582,6 +594,10 @@ impl Default for RouterSettings {
             idle_timeout_ms: 55_000,
             dyno_down_ms: 10_000,
             max_body_bytes: 0,
+            client_header_timeout_ms: 20_000,
+            client_body_timeout_ms: 20_000,
+            client_body_min_rate: 500,
+            client_h2_idle_timeout_ms: 60_000,
             limits: ClientLimits::default(),
         }
     }

@@ -1,5 +1,6 @@
-//! Request paths: validation of configured prefixes, dot-segment normalisation, segment-aware
-//! prefix matching (`/api` matches `/api`, `/api/`, `/api/x`, never `/apiary`) and rewriting.
+//! Request paths: validation of configured prefixes, normalisation (percent-encoded unreserved
+//! characters decoded, dot segments resolved), segment-aware prefix matching (`/api` matches
+//! `/api`, `/api/`, `/api/x`, never `/apiary`) and rewriting.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -22,7 +23,12 @@ pub fn check_prefix(p: &str) -> Result<(), String> {
     {
         return Err(format!("{p:?} has an empty, '.' or '..' segment"));
     }
-    Ok(())
+    // Requests are matched in their normal form, so a prefix in any other form never matches.
+    match normalize(p) {
+        Ok(n) if n == p => Ok(()),
+        Ok(n) => Err(format!("{p:?} is not in normal form: write it {n:?}")),
+        Err(e) => Err(format!("{p:?}: {e}")),
+    }
 }
 
 /// Why a request path cannot be routed.
@@ -32,10 +38,16 @@ pub enum PathError {
     NotAbsolute,
     #[error("path climbs above the root with '..'")]
     AboveRoot,
+    #[error("path has a '%' not followed by two hex digits")]
+    BadEscape,
 }
 
-/// Resolve `.` and `..` segments (RFC 3986 §5.2.4) in the path part (the query is not
-/// touched). Borrowed when nothing changes, which is every ordinary request.
+/// The path in normal form (RFC 3986 §6.2.2), as the router routes it, matches filters against
+/// it and hands it to the dyno: percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`)
+/// decoded, the hex digits of the other escapes upper-cased, then `.` and `..` segments
+/// resolved (§5.2.4). `%2e%2e` is `..` here, as it is for any dyno that decodes the path;
+/// `%2F` stays an escape inside its segment. The query is not touched. Borrowed when nothing
+/// changes, which is every ordinary request.
 pub fn normalize(path_and_query: &str) -> Result<Cow<'_, str>, PathError> {
     let (path, query) = match path_and_query.find('?') {
         Some(i) => path_and_query.split_at(i),
@@ -45,8 +57,67 @@ pub fn normalize(path_and_query: &str) -> Result<Cow<'_, str>, PathError> {
         // `*` (OPTIONS *) and absolute-form are handled by the HTTP layer.
         return Err(PathError::NotAbsolute);
     }
+    if path.contains('%') {
+        let decoded = decode_unreserved(path)?;
+        let mut out = resolve_dots(&decoded, "")?.unwrap_or(decoded);
+        out.push_str(query);
+        return Ok(Cow::Owned(out));
+    }
+    Ok(resolve_dots(path, query)?.map_or(Cow::Borrowed(path_and_query), Cow::Owned))
+}
+
+/// The path as a dyno that also decodes `%2F` and `%5C` into `/` would see it, dot segments
+/// resolved again; `None` when the normal form has neither escape. Filters are checked against
+/// both views, so `/public/..%2Fadmin` cannot pass as a path under `/public`.
+pub fn slash_view(normal: &str) -> Result<Option<String>, PathError> {
+    let path = normal.split('?').next().unwrap_or("");
+    if !path.contains("%2F") && !path.contains("%5C") {
+        return Ok(None);
+    }
+    let slashed = path.replace("%2F", "/").replace("%5C", "/");
+    Ok(Some(resolve_dots(&slashed, "")?.unwrap_or(slashed)))
+}
+
+fn hex(b: u8) -> Option<u8> {
+    char::from(b).to_digit(16).map(|d| d as u8)
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Decode escapes of unreserved characters; upper-case the hex digits of the others.
+fn decode_unreserved(path: &str) -> Result<String, PathError> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(path.len());
+    let mut parts = path.split('%');
+    out.push_str(parts.next().unwrap_or(""));
+    for part in parts {
+        let b = part.as_bytes();
+        let (Some(hi), Some(lo)) = (
+            b.first().copied().and_then(hex),
+            b.get(1).copied().and_then(hex),
+        ) else {
+            return Err(PathError::BadEscape);
+        };
+        let c = hi * 16 + lo;
+        if is_unreserved(c) {
+            out.push(char::from(c));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(hi)]));
+            out.push(char::from(HEX[usize::from(lo)]));
+        }
+        // Both hex digits are ASCII: the rest starts on a character boundary.
+        out.push_str(&part[2..]);
+    }
+    Ok(out)
+}
+
+/// `path` with its dot segments resolved and `query` appended; `None` when it has none.
+fn resolve_dots(path: &str, query: &str) -> Result<Option<String>, PathError> {
     if !has_dot_segment(path) {
-        return Ok(Cow::Borrowed(path_and_query));
+        return Ok(None);
     }
     let mut out: Vec<&str> = Vec::new();
     let segs: Vec<&str> = path[1..].split('/').collect();
@@ -67,7 +138,7 @@ pub fn normalize(path_and_query: &str) -> Result<Cow<'_, str>, PathError> {
             }
         }
     }
-    let mut s = String::with_capacity(path_and_query.len());
+    let mut s = String::with_capacity(path.len() + query.len());
     for seg in &out {
         s.push('/');
         s.push_str(seg);
@@ -76,7 +147,7 @@ pub fn normalize(path_and_query: &str) -> Result<Cow<'_, str>, PathError> {
         s.push('/');
     }
     s.push_str(query);
-    Ok(Cow::Owned(s))
+    Ok(Some(s))
 }
 
 fn has_dot_segment(path: &str) -> bool {
@@ -274,11 +345,53 @@ mod tests {
     }
 
     #[test]
+    fn percent_encoded_unreserved_characters_and_dots() {
+        for (raw, want) in [
+            ("/%2e%2e/private", Err(PathError::AboveRoot)),
+            ("/a/%2e%2e/private", Ok("/private")),
+            ("/a/%2E%2e/private?x=%2e", Ok("/private?x=%2e")),
+            ("/a/.%2e/private", Ok("/private")),
+            ("/a/%2e/b", Ok("/a/b")),
+            ("/%70rivate/%7Euser", Ok("/private/~user")),
+            ("/a%2fb/%c3%a9", Ok("/a%2Fb/%C3%A9")),
+            ("/a/..%2Fb", Ok("/a/..%2Fb")),
+            ("/%252e%252e/x", Ok("/%252e%252e/x")),
+        ] {
+            assert_eq!(normalize(raw).as_deref().map_err(|e| *e), want, "{raw}");
+        }
+        for bad in ["/a%", "/a%2", "/a%zz", "/%g0"] {
+            assert_eq!(normalize(bad), Err(PathError::BadEscape), "{bad}");
+        }
+        assert!(matches!(normalize("/plain/path?q"), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn slash_view_decodes_encoded_slashes() {
+        assert_eq!(slash_view("/a/b").unwrap(), None);
+        assert_eq!(
+            slash_view("/public/..%2Fadmin?q").unwrap().as_deref(),
+            Some("/admin")
+        );
+        assert_eq!(slash_view("/a%5Cb").unwrap().as_deref(), Some("/a/b"));
+        assert_eq!(slash_view("/..%2F..%2Fx"), Err(PathError::AboveRoot));
+    }
+
+    #[test]
     fn prefixes() {
         assert!(check_prefix("/").is_ok());
         assert!(check_prefix("/api/").is_ok());
         assert!(check_prefix("/a/b").is_ok());
-        for bad in ["api", "/a?b", "/a//b", "/a/../b", "/a b"] {
+        assert!(check_prefix("/caf%C3%A9").is_ok());
+        for bad in [
+            "api",
+            "/a?b",
+            "/a//b",
+            "/a/../b",
+            "/a b",
+            "/%70rivate",
+            "/a%2f",
+            "/a%",
+        ] {
             assert!(check_prefix(bad).is_err(), "{bad}");
         }
     }

@@ -180,6 +180,9 @@ impl<'a> Checker<'a> {
             ("connect_timeout_ms", r.connect_timeout_ms),
             ("first_byte_timeout_ms", r.first_byte_timeout_ms),
             ("idle_timeout_ms", r.idle_timeout_ms),
+            ("client_header_timeout_ms", r.client_header_timeout_ms),
+            ("client_body_timeout_ms", r.client_body_timeout_ms),
+            ("client_h2_idle_timeout_ms", r.client_h2_idle_timeout_ms),
         ] {
             if v == 0 {
                 self.p.push(format!("router.{name}"), "must be more than 0");

@@ -17,12 +17,12 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::FromRow;
 use tower::ServiceExt;
 
 use crate::ControlPlane;
-use crate::api::{paginate, ts};
+use crate::api::{Id, paginate, time};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{find_app, new_id, now_us};
@@ -294,8 +294,61 @@ async fn read_back(cp: &ControlPlane, path: &str, auth: Option<&header::HeaderVa
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// One audit entry as `/audit` lists it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditItem {
+    pub id: String,
+    /// Microseconds since the epoch (the default sort key).
+    pub at: i64,
+    pub created_at: String,
+    pub actor: AuditActor,
+    pub token: Option<Id>,
+    /// `METHOD /route/template`, or the system's own action.
+    pub action: String,
+    pub resource: String,
+    pub app: Option<NameOnly>,
+    pub space: Option<NameOnly>,
+    pub status: i64,
+    /// The resource before the change (secrets redacted).
+    pub before: Value,
+    /// The answer after the change (secrets redacted).
+    pub after: Value,
+}
+
+/// Who acted.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditActor {
+    pub email: String,
+}
+
+/// A resource named by name alone.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NameOnly {
+    pub name: String,
+}
+
+impl From<AuditEntry> for AuditItem {
+    fn from(e: AuditEntry) -> Self {
+        AuditItem {
+            id: e.id,
+            at: e.at,
+            created_at: time(e.at),
+            actor: AuditActor { email: e.actor },
+            token: e.token_id.map(|id| Id { id }),
+            action: e.action,
+            resource: e.resource,
+            app: e.app.map(|name| NameOnly { name }),
+            space: e.space.map(|name| NameOnly { name }),
+            status: e.status,
+            before: e.before,
+            after: e.after,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// App key `{app}-{space}` (or a bare name when only one space has it).
     #[serde(default)]
@@ -309,7 +362,10 @@ pub struct AuditQuery {
     pub actor: Option<String>,
 }
 
+/// The audit trail (?app=&space=&action=&actor=); secrets redacted
+///
 /// `GET /audit?app=&space=&action=&actor=`.
+#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery), responses((status = 200, body = [AuditItem])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -354,23 +410,7 @@ pub async fn list(
         .iter()
         .filter(|r| visible(r))
         .filter(|r| q.action.as_deref().is_none_or(|p| r.action.starts_with(p)))
-        .map(|r| {
-            let e = r.entry();
-            json!({
-                "id": e.id,
-                "at": e.at,
-                "created_at": ts(e.at),
-                "actor": {"email": e.actor},
-                "token": e.token_id.map(|t| json!({"id": t})),
-                "action": e.action,
-                "resource": e.resource,
-                "app": e.app.map(|a| json!({"name": a})),
-                "space": e.space.map(|s| json!({"name": s})),
-                "status": e.status,
-                "before": e.before,
-                "after": e.after,
-            })
-        })
-        .collect();
+        .map(|r| AuditItem::from(r.entry()))
+        .collect::<Vec<_>>();
     paginate(&headers, items, &["at", "id"])
 }

@@ -12,7 +12,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::store::{AppRow, TokenRow, sha256_hex};
 
 /// What a token may touch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Scope {
     /// Everything, including spaces, sites, filters, certificates and tokens.
     #[serde(default)]

@@ -20,15 +20,17 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, FromRow};
+use utoipa::ToSchema;
 use wharf_config::{RouterEvent, SideFigures};
 
 use crate::ControlPlane;
 use crate::api::apps::load;
+use crate::api::releases::ReleaseRef;
 use crate::api::releases::append_release;
-use crate::api::{Body, json, ts};
+use crate::api::{Body, Named, json, time};
 use crate::audit::{Actor, Change};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -283,7 +285,7 @@ async fn finish_as_system(
                 space: Some(a.space_name.clone()),
                 status: 200,
                 before: Value::Null,
-                after: canary_json(&k),
+                after: serde_json::to_value(canary_json(&k)).unwrap_or_default(),
             },
         )
         .await?;
@@ -409,36 +411,84 @@ pub fn follow_router(cp: &ControlPlane, mut events: tokio::sync::broadcast::Rece
     });
 }
 
-pub(crate) fn canary_json(k: &CanaryRow) -> Value {
-    json!({
-        "id": k.id,
-        "release": {"id": k.release_id, "version": k.canary_version},
-        "stable_release": {"version": k.stable_version},
-        "state": k.state,
-        "weight": k.weight,
-        "quantity": k.quantity,
-        "min_requests": k.min_requests,
-        "sticky": k.sticky != 0,
-        "started_at": ts(k.started_at),
-        "promote_after": ts(k.promote_after),
-        "finished_at": k.finished_at.map(ts),
-        "reason": k.reason,
-        "figures": k.figures.as_deref().and_then(|f| serde_json::from_str::<Value>(f).ok()),
-    })
+/// A canary: a new release on its own dynos taking a share of the traffic.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Canary {
+    pub id: String,
+    pub release: ReleaseRef,
+    pub stable_release: ReleaseRef,
+    /// running, promoted or aborted.
+    pub state: String,
+    /// Percent of the traffic.
+    pub weight: i64,
+    pub quantity: i64,
+    pub min_requests: i64,
+    pub sticky: bool,
+    pub started_at: String,
+    pub promote_after: String,
+    pub finished_at: Option<String>,
+    pub reason: Option<String>,
+    /// The figures (stable and canary requests, errors, latency) it ended on.
+    pub figures: Option<Value>,
+    /// The running canary's figures now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_figures: Option<Value>,
 }
 
-fn settings_json(a: &AppRow, s: &SettingsRow) -> Value {
-    json!({
-        "app": {"id": a.id, "name": a.key()},
-        "enabled": s.enabled != 0,
-        "weight": s.weight,
-        "quantity": s.quantity,
-        "period_secs": s.period_secs,
-        "min_requests": s.min_requests,
-        "sticky": s.sticky != 0,
-    })
+/// An app's canary settings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CanarySettings {
+    pub app: Named,
+    pub enabled: bool,
+    pub weight: i64,
+    pub quantity: i64,
+    pub period_secs: i64,
+    pub min_requests: i64,
+    pub sticky: bool,
 }
 
+pub(crate) fn canary_json(k: &CanaryRow) -> Canary {
+    Canary {
+        id: k.id.clone(),
+        release: ReleaseRef {
+            id: Some(k.release_id.clone()),
+            version: k.canary_version,
+        },
+        stable_release: ReleaseRef {
+            id: None,
+            version: k.stable_version,
+        },
+        state: k.state.clone(),
+        weight: k.weight,
+        quantity: k.quantity,
+        min_requests: k.min_requests,
+        sticky: k.sticky != 0,
+        started_at: time(k.started_at),
+        promote_after: time(k.promote_after),
+        finished_at: k.finished_at.map(time),
+        reason: k.reason.clone(),
+        figures: k
+            .figures
+            .as_deref()
+            .and_then(|f| serde_json::from_str(f).ok()),
+        live_figures: None,
+    }
+}
+
+fn settings_json(a: &AppRow, s: &SettingsRow) -> CanarySettings {
+    CanarySettings {
+        app: Named::new(a.id.clone(), a.key()),
+        enabled: s.enabled != 0,
+        weight: s.weight,
+        quantity: s.quantity,
+        period_secs: s.period_secs,
+        min_requests: s.min_requests,
+        sticky: s.sticky != 0,
+    }
+}
+
+/// Canary settings of an app
+#[utoipa::path(get, path = "/apps/{app}/canary-settings", tag = "canary", responses((status = 200, body = CanarySettings)))]
 pub async fn get_settings(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -450,7 +500,7 @@ pub async fn get_settings(
     Ok(json(StatusCode::OK, settings_json(&a, &s)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSettings {
     #[serde(default)]
@@ -467,6 +517,8 @@ pub struct UpdateSettings {
     pub sticky: Option<bool>,
 }
 
+/// Enable canaries: new artifacts start as a canary with its own dynos and a traffic weight
+#[utoipa::path(put, path = "/apps/{app}/canary-settings", tag = "canary", request_body = UpdateSettings, responses((status = 200, body = CanarySettings)))]
 pub async fn put_settings(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -536,6 +588,7 @@ pub async fn put_settings(
 }
 
 /// `GET /apps/{app}/canary`: the running canary, else the last one, with live figures.
+#[utoipa::path(get, path = "/apps/{app}/canary", tag = "canary", responses((status = 200, body = Canary)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -550,12 +603,12 @@ pub async fn info(
     let k = k.ok_or_else(|| ApiError::not_found("canary of app", &a.key()))?;
     let mut v = canary_json(&k);
     if k.state == "running" {
-        v["live_figures"] = figures_json(cp.canary_figures(&a.key()), None);
+        v.live_figures = Some(figures_json(cp.canary_figures(&a.key()), None));
     }
     Ok(json(StatusCode::OK, v))
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndCanary {
     #[serde(default)]
@@ -585,6 +638,8 @@ async fn end_by_hand(
     }
 }
 
+/// Promote the running canary now
+#[utoipa::path(post, path = "/apps/{app}/canary/promote", tag = "canary", request_body = EndCanary, responses((status = 200, body = Canary)))]
 pub async fn promote(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -594,6 +649,8 @@ pub async fn promote(
     end_by_hand(&cp, &caller, &app, End::Promote, body.reason).await
 }
 
+/// Abort the running canary now
+#[utoipa::path(post, path = "/apps/{app}/canary/abort", tag = "canary", request_body = EndCanary, responses((status = 200, body = Canary)))]
 pub async fn abort(
     State(cp): State<ControlPlane>,
     caller: Caller,

@@ -4,7 +4,6 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use wharf_config::Problems;
 
 /// Everything an API call can fail with.
@@ -90,33 +89,78 @@ fn is_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+/// The body of every 4xx/5xx answer (the `Error` schema of the OpenAPI document).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// A stable identifier: `not_found`, `invalid_params`, `conflict`, …
+    pub id: String,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The offending field of an `invalid_params` answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Each problem of an invalid desired state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<ProblemBody>>,
+}
+
+/// One problem of an invalid desired state: where and what.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ProblemBody {
+    pub path: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(id: &str, message: impl Into<String>) -> Self {
+        ErrorBody {
+            id: id.to_owned(),
+            message: message.into(),
+            field: None,
+            problems: None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let id = self.id();
         let body = match &self {
-            ApiError::Invalid { field, message } => json!({
-                "id": self.id(),
-                "message": format!("{field}: {message}"),
-                "field": field,
-            }),
-            ApiError::Problems(p) => json!({
-                "id": self.id(),
-                "message": p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "),
-                "problems": p.iter().map(|p| json!({"path": p.path, "message": p.message})).collect::<Vec<_>>(),
-            }),
-            ApiError::Store(e) if is_conflict(e) => json!({
-                "id": self.id(),
-                "message": "The resource already exists.",
-            }),
+            ApiError::Invalid { field, message } => ErrorBody {
+                field: Some(field.clone()),
+                ..ErrorBody::new(id, format!("{field}: {message}"))
+            },
+            ApiError::Problems(p) => ErrorBody {
+                problems: Some(
+                    p.iter()
+                        .map(|p| ProblemBody {
+                            path: p.path.clone(),
+                            message: p.message.clone(),
+                        })
+                        .collect(),
+                ),
+                ..ErrorBody::new(
+                    id,
+                    p.iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            },
+            ApiError::Store(e) if is_conflict(e) => {
+                ErrorBody::new(id, "The resource already exists.")
+            }
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store failed");
-                json!({"id": self.id(), "message": "The store is unavailable; try again."})
+                ErrorBody::new(id, "The store is unavailable; try again.")
             }
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "internal error");
-                json!({"id": self.id(), "message": "Internal error."})
+                ErrorBody::new(id, "Internal error.")
             }
-            other => json!({"id": other.id(), "message": other.to_string()}),
+            other => ErrorBody::new(id, other.to_string()),
         };
         (status, Json(body)).into_response()
     }

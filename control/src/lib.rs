@@ -11,7 +11,7 @@
 //! - [`error`]: the one mapping from errors to `{"id","message"}` responses;
 //! - [`snapshot`]: store → `Snapshot` → `validate_update` → publish, inside the write transaction;
 //! - [`logs`]: the [`LogSource`] seam log sessions read from (the shuttle implements it);
-//! - [`openapi`]: the OpenAPI 3 document at `/openapi.json`;
+//! - [`openapi`]: the OpenAPI 3 document at `/openapi.json`, generated from the handlers;
 //! - [`api::pipelines`]: pipelines, status-checked promotions (atomic, resumed after a restart);
 //! - [`canary`]: canary releases that promote or abort themselves (router events, a timer kept
 //!   in the store);

@@ -69,4 +69,7 @@ async fn schemathesis(db: Db, examples: u32) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("passed"), "{text}");
+    // The run's summary (operations, test cases, failures) for `--no-capture` readers.
+    let summary = text.rsplit_once("SUMMARY").map_or(&*text, |(_, s)| s);
+    eprintln!("schemathesis ({db:?}):{summary}");
 }

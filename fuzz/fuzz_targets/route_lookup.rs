@@ -3,7 +3,9 @@
 //! `paths::rewrite`, against the table compiled from `deploy/wharf.example.toml` (apps, custom
 //! domains, an internal space, a site with a rewritten prefix). Input: host, a 0 byte, path.
 //!
-//! Never panics; normalisation is idempotent and leaves no `.`/`..` segment; a match covers a
+//! Never panics; normalisation is idempotent and leaves no `.`/`..` segment and no escape of an
+//! unreserved character; percent-encoding any unreserved characters of the path first changes
+//! nothing (`%2e%2e` is `..`); the `%2F` view has no dot segment either; a match covers a
 //! prefix of the normalised path on a segment boundary, and the rewritten path is absolute.
 #![no_main]
 
@@ -59,6 +61,49 @@ fuzz_target!(|data: &[u8]| {
         !path_part.split('/').any(|s| s == "." || s == ".."),
         "dot segment left in {norm:?}"
     );
+
+    let is_unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    let escapes: Vec<&str> = path_part.split('%').skip(1).map(|e| &e[..2]).collect();
+    assert!(
+        escapes.iter().all(|e| {
+            let b = u8::from_str_radix(e, 16).expect("two hex digits");
+            !is_unreserved(b) && !e.bytes().any(|c| c.is_ascii_lowercase())
+        }),
+        "escape of an unreserved character or lower-case hex left in {norm:?}"
+    );
+    // The same path with unreserved characters (outside escapes) percent-encoded: every one,
+    // then every other one.
+    let (raw_path, raw_query) = path.split_at(path.find('?').unwrap_or(path.len()));
+    for every in [1, 2] {
+        let mut enc = String::with_capacity(raw_path.len() * 3);
+        let mut bytes = raw_path.char_indices();
+        let mut n = 0;
+        while let Some((i, c)) = bytes.next() {
+            if c == '%' {
+                enc.push_str(&raw_path[i..i + 3]);
+                bytes.nth(1);
+            } else if c.is_ascii() && is_unreserved(c as u8) && n % every == 0 {
+                enc.push_str(&format!("%{:02x}", c as u8));
+                n += 1;
+            } else {
+                enc.push(c);
+                n += 1;
+            }
+        }
+        enc.push_str(raw_query);
+        assert_eq!(
+            paths::normalize(&enc).as_deref(),
+            Ok(&*norm),
+            "{enc:?} normalises apart from {path:?}"
+        );
+    }
+    if let Ok(Some(view)) = paths::slash_view(&norm) {
+        assert!(view.starts_with('/'));
+        assert!(
+            !view.split('/').any(|s| s == "." || s == ".."),
+            "dot segment left in the %2F view {view:?}"
+        );
+    }
 
     for internal in [false, true] {
         let Ok(found) = table.find(&host, &norm, internal) else {

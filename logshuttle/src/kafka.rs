@@ -33,6 +33,12 @@ pub struct KafkaOptions {
     pub group: String,
     /// Partitions of the topic when this shuttle creates it.
     pub partitions: i32,
+    /// Static group membership (`group.instance.id`): one id per shuttle of the group, the same
+    /// across its restarts, so that a restarted shuttle takes its predecessor's place at once.
+    /// Without it, a shuttle killed (not stopped) stays a member until its session times out;
+    /// on tansu 0.6 a shuttle that joined meanwhile can then be left with no partitions at all
+    /// (the broker never asks it to rejoin), and nothing is delivered.
+    pub instance: Option<String>,
 }
 
 impl KafkaOptions {
@@ -42,6 +48,7 @@ impl KafkaOptions {
             topic: "wharf-logs".to_owned(),
             group: "wharf-logshuttle".to_owned(),
             partitions: 8,
+            instance: None,
         }
     }
 }
@@ -54,6 +61,9 @@ struct Commits {
 
 struct KafkaAcker {
     commits: Mutex<Commits>,
+    /// Held while a commit is on its way: one at a time, so a shutdown's last commit waits
+    /// for the one the committer has in flight.
+    committing: Mutex<()>,
 }
 
 impl Acker for KafkaAcker {
@@ -87,25 +97,7 @@ impl KafkaBus {
     /// Connect and create the topic if it is missing. The group is joined by
     /// [`Bus::subscribe`]; a bus that only publishes (a producer elsewhere) never joins.
     pub async fn connect(opts: KafkaOptions, metrics: Metrics) -> Result<KafkaBus, Error> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &opts.brokers)
-            .create()?;
-        let topic = NewTopic::new(&opts.topic, opts.partitions, TopicReplication::Fixed(1));
-        let aopts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = admin.create_topics([&topic], &aopts).await?;
-        for r in results {
-            match r {
-                Ok(_) => {
-                    tracing::info!(topic = %opts.topic, partitions = opts.partitions, "created the log topic")
-                }
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, code)) => {
-                    return Err(Error::KafkaSetup(format!(
-                        "cannot create topic {t:?}: {code}"
-                    )));
-                }
-            }
-        }
+        ensure_topic(&opts).await?;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &opts.brokers)
             .set("linger.ms", "5")
@@ -122,20 +114,84 @@ impl KafkaBus {
                     tracker: OffsetTracker::default(),
                     dirty: HashMap::new(),
                 }),
+                committing: Mutex::new(()),
             }),
             metrics,
             tasks: Mutex::new(Vec::new()),
         })
     }
 
-    fn commit_dirty(&self, mode: CommitMode) {
-        if let Some(c) = self.consumer.lock().clone() {
-            commit_dirty(&c, &self.acker, &self.opts.topic, mode);
-        }
+    async fn commit_dirty(&self) {
+        let Some(c) = self.consumer.lock().clone() else {
+            return;
+        };
+        let (acker, topic, metrics) = (
+            self.acker.clone(),
+            self.opts.topic.clone(),
+            self.metrics.clone(),
+        );
+        let _ =
+            tokio::task::spawn_blocking(move || commit_dirty(&c, &acker, &topic, &metrics)).await;
     }
 }
 
-fn commit_dirty(consumer: &StreamConsumer, acker: &KafkaAcker, topic: &str, mode: CommitMode) {
+/// Create the topic unless it exists. A broker without CreateTopics (or a principal not allowed
+/// to create topics) is fine as long as the topic is there already.
+async fn ensure_topic(opts: &KafkaOptions) -> Result<(), Error> {
+    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &opts.brokers)
+            // Asking whether the topic exists must not create it with the broker's defaults.
+            .set("allow.auto.create.topics", "false")
+            .create()?,
+    );
+    if topic_exists(&admin, &opts.topic).await {
+        return Ok(());
+    }
+    let topic = NewTopic::new(&opts.topic, opts.partitions, TopicReplication::Fixed(1));
+    let aopts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let failed = match admin.create_topics([&topic], &aopts).await {
+        Ok(results) => match results.into_iter().next() {
+            Some(Ok(_)) => {
+                tracing::info!(topic = %opts.topic, partitions = opts.partitions, "created the log topic");
+                return Ok(());
+            }
+            None | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => return Ok(()),
+            Some(Err((t, code))) => format!("cannot create topic {t:?}: {code}"),
+        },
+        Err(e) => format!("cannot create topic {:?}: {e}", opts.topic),
+    };
+    if topic_exists(&admin, &opts.topic).await {
+        tracing::info!(topic = %opts.topic, reason = %failed, "using the existing log topic");
+        Ok(())
+    } else {
+        Err(Error::KafkaSetup(failed))
+    }
+}
+
+/// Whether the broker knows `topic`, with partitions.
+async fn topic_exists(admin: &Arc<AdminClient<DefaultClientContext>>, topic: &str) -> bool {
+    let (admin, topic) = (admin.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        admin
+            .inner()
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .is_ok_and(|md| {
+                md.topics()
+                    .iter()
+                    .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            })
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Commit what is accounted for and wait for the broker's answer: a failed commit puts its
+/// offsets back to go with the next one (an asynchronous commit's failure would only be logged
+/// by librdkafka, and those offsets not committed until more lines came). Blocks: call it from
+/// a blocking thread.
+fn commit_dirty(consumer: &StreamConsumer, acker: &KafkaAcker, topic: &str, metrics: &Metrics) {
+    let _one = acker.committing.lock();
     let dirty: Vec<(i32, i64)> = acker.commits.lock().dirty.drain().collect();
     if dirty.is_empty() {
         return;
@@ -144,7 +200,8 @@ fn commit_dirty(consumer: &StreamConsumer, acker: &KafkaAcker, topic: &str, mode
     for (p, next) in &dirty {
         let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
     }
-    if let Err(e) = consumer.commit(&tpl, mode) {
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+        metrics.kafka_errors.with_label_values(&["commit"]).inc();
         tracing::warn!(error = %e, "offset commit failed; will retry");
         let mut c = acker.commits.lock();
         for (p, next) in dirty {
@@ -157,16 +214,89 @@ fn commit_dirty(consumer: &StreamConsumer, acker: &KafkaAcker, topic: &str, mode
 /// Lines of one app travel together: a record holds up to this many lines or bytes.
 const RECORD_LINES: usize = 500;
 const RECORD_BYTES: usize = 128 * 1024;
-/// `WL` and format version 1.
+/// `WL` and format version 1 (plain).
 const MAGIC: &[u8; 3] = b"WL\x01";
+/// `WL` and format version 2: version 1's body compressed with zstd.
+const MAGIC_ZSTD: &[u8; 3] = b"WL\x02";
+/// zstd's fastest positive level: log lines shrink several times over for a few ns a byte,
+/// and every byte saved is one the broker does not store, copy and read back.
+const ZSTD_LEVEL: i32 = 1;
+/// A compressed record says how long it is uncompressed; more than this is refused.
+const MAX_RECORD_BODY: usize = 64 * 1024 * 1024;
 
 /// Record payloads for `lines`: per app (the record key), in order, `RECORD_LINES` at most.
 ///
-/// Format: `WL\x01`, app and space (u16 length + bytes each), then per line: source (u8: 0 app,
+/// Format: `WL\x02`, the body's length (u32, little-endian), then the body compressed with
+/// zstd. The body: app and space (u16 length + bytes each), then per line: source (u8: 0 app,
 /// 1 heroku), timestamp (i64 µs, little-endian), process (u16 length + bytes), text (u32
-/// length + bytes). One record per batch of an app's lines keeps the broker's per-record work
-/// (and the consumer's) off the per-line path.
+/// length + bytes). Version 1 (`WL\x01` and the body, uncompressed) is still read. One record
+/// per batch of an app's lines keeps the broker's per-record work (and the consumer's) off the
+/// per-line path; compression keeps its per-byte work down.
 pub fn encode_records(lines: &[LogLine]) -> Vec<(String, Vec<u8>)> {
+    let mut records = encode_plain(lines);
+    for (_, payload) in &mut records {
+        *payload = compress(payload);
+    }
+    records
+}
+
+thread_local! {
+    static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static UNZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Version 1 payload → version 2; version 1 stays if compression fails (it cannot, short of
+/// memory) or does not pay.
+fn compress(plain: &[u8]) -> Vec<u8> {
+    let body = &plain[MAGIC.len()..];
+    let packed = ZSTD.with_borrow_mut(|z| {
+        if z.is_none() {
+            *z = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        z.as_mut()?.compress(body).ok()
+    });
+    match packed {
+        Some(packed) if packed.len() + 7 < plain.len() => {
+            let mut out = Vec::with_capacity(7 + packed.len());
+            out.extend_from_slice(MAGIC_ZSTD);
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(&packed);
+            out
+        }
+        _ => plain.to_vec(),
+    }
+}
+
+/// A version 2 payload (after its magic) → version 1's body.
+fn decompress(p: &[u8]) -> Result<Vec<u8>, String> {
+    let (len, frame) = p
+        .split_first_chunk::<4>()
+        .ok_or_else(|| "record ends early".to_owned())?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > MAX_RECORD_BODY {
+        return Err(format!("record body of {len} bytes is too long"));
+    }
+    UNZSTD.with_borrow_mut(|z| {
+        if z.is_none() {
+            *z = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        let z = z.as_mut().expect("set above");
+        let body = z
+            .decompress(frame, len)
+            .map_err(|e| format!("bad compressed record: {e}"))?;
+        if body.len() != len {
+            return Err(format!(
+                "compressed record: {} bytes, {len} announced",
+                body.len()
+            ));
+        }
+        Ok(body)
+    })
+}
+
+fn encode_plain(lines: &[LogLine]) -> Vec<(String, Vec<u8>)> {
     let mut order: Vec<&str> = Vec::new();
     let mut groups: HashMap<&str, Vec<&LogLine>> = HashMap::new();
     for l in lines {
@@ -247,7 +377,13 @@ pub fn decode_record(p: &[u8]) -> Result<Vec<LogLine>, String> {
             .map(|l| vec![l])
             .map_err(|e| e.to_string());
     }
-    let Some(body) = p.strip_prefix(MAGIC) else {
+    let unpacked;
+    let body = if let Some(packed) = p.strip_prefix(MAGIC_ZSTD) {
+        unpacked = decompress(packed)?;
+        &unpacked[..]
+    } else if let Some(body) = p.strip_prefix(MAGIC) {
+        body
+    } else {
         return Err("not a log record (unknown format)".to_owned());
     };
     let mut r = R(body);
@@ -296,15 +432,25 @@ impl Bus for KafkaBus {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((e, _)) => return Err(e.into()),
+                    Err((e, _)) => {
+                        self.metrics
+                            .kafka_errors
+                            .with_label_values(&["produce"])
+                            .inc();
+                        return Err(e.into());
+                    }
                 }
             }
         }
+        let errors = self.metrics.kafka_errors.with_label_values(&["produce"]);
         Ok(Box::pin(async move {
             for f in futures {
                 match f.await {
                     Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(e.into()),
+                    Ok(Err((e, _))) => {
+                        errors.inc();
+                        return Err(e.into());
+                    }
                     Err(_) => return Err(Error::Closed),
                 }
             }
@@ -313,7 +459,11 @@ impl Bus for KafkaBus {
     }
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<Vec<Consumed>>, Error> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        if let Some(id) = &self.opts.instance {
+            config.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer = config
             .set("bootstrap.servers", &self.opts.brokers)
             .set("group.id", &self.opts.group)
             .set("enable.auto.commit", "false")
@@ -369,17 +519,24 @@ impl Bus for KafkaBus {
         let metrics = self.metrics.clone();
         let committer = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut n = 0u64;
             loop {
                 tick.tick().await;
-                commit_dirty(&consumer, &acker, &topic, CommitMode::Async);
                 n += 1;
-                if n.is_multiple_of(4) {
-                    let c = consumer.clone();
-                    let m = metrics.clone();
-                    let t = topic.clone();
-                    let _ = tokio::task::spawn_blocking(move || update_lag(&c, &t, &m)).await;
-                }
+                let (c, a, t, m) = (
+                    consumer.clone(),
+                    acker.clone(),
+                    topic.clone(),
+                    metrics.clone(),
+                );
+                let _ = tokio::task::spawn_blocking(move || {
+                    commit_dirty(&c, &a, &t, &m);
+                    if n.is_multiple_of(4) {
+                        update_lag(&c, &t, &m);
+                    }
+                })
+                .await;
             }
         });
         self.tasks.lock().extend([reader, committer]);
@@ -390,7 +547,7 @@ impl Bus for KafkaBus {
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
-        self.commit_dirty(CommitMode::Sync);
+        self.commit_dirty().await;
         let _ = self.producer_flush();
     }
 
@@ -417,6 +574,7 @@ fn take(
     let msg = match msg {
         Ok(m) => m,
         Err(e) => {
+            metrics.kafka_errors.with_label_values(&["consume"]).inc();
             tracing::warn!(error = %e, "kafka consume error");
             return false;
         }
@@ -526,8 +684,38 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown format")
         );
-        let (_, mut p) = encode_records(&[l("a-s", 2)]).remove(0);
+        let (_, mut p) = encode_plain(&[l("a-s", 2)]).remove(0);
         p.truncate(p.len() - 3);
         assert!(decode_record(&p).unwrap_err().contains("ends early"));
+    }
+
+    #[test]
+    fn records_are_compressed_and_plain_ones_still_read() {
+        let lines: Vec<LogLine> = (0..500).map(|i| l("a-s", i)).collect();
+        let (_, plain) = encode_plain(&lines).remove(0);
+        let (_, packed) = encode_records(&lines).remove(0);
+        assert!(packed.starts_with(MAGIC_ZSTD));
+        assert!(
+            packed.len() * 3 < plain.len(),
+            "{} vs {}",
+            packed.len(),
+            plain.len()
+        );
+        assert_eq!(decode_record(&packed).unwrap(), lines);
+        assert_eq!(decode_record(&plain).unwrap(), lines);
+        // Cut short, or lying about its length: refused, not read wrong.
+        let mut cut = packed.clone();
+        cut.truncate(cut.len() - 5);
+        assert!(
+            decode_record(&cut)
+                .unwrap_err()
+                .contains("bad compressed record")
+        );
+        let mut lying = packed.clone();
+        lying[3..7].copy_from_slice(&1u32.to_le_bytes());
+        assert!(decode_record(&lying).is_err());
+        let mut huge = packed;
+        huge[3..7].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_record(&huge).unwrap_err().contains("too long"));
     }
 }

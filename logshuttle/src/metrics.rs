@@ -21,12 +21,17 @@ pub struct Metrics {
     pub drain_connected: IntGaugeVec,
     /// 1 while a drain is declared stalled (no progress with a full buffer) and sheds.
     pub drain_stalled: IntGaugeVec,
+    /// Connections a stream drain lost or could not open (refused, TLS handshake failed, reset
+    /// or closed by the receiver, write failed); each is followed by a reconnect.
+    pub drain_reconnects: IntCounterVec,
     /// Lines accepted by network ingest that the bus did not take (produce failed), per path.
     pub ingest_lost: IntCounterVec,
     /// Tail sessions cut loose because their reader fell behind.
     pub tail_cut: IntCounter,
     pub tail_sessions: IntGauge,
     pub kafka_lag: IntGaugeVec,
+    /// Kafka operations the broker (or the client) failed, per `op`: produce, consume, commit.
+    pub kafka_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -97,6 +102,13 @@ impl Metrics {
                 ),
                 &drain,
             )?,
+            drain_reconnects: IntCounterVec::new(
+                Opts::new(
+                    "wharf_logshuttle_drain_reconnects_total",
+                    "Drain connections lost or not opened (a reconnect follows), per drain",
+                ),
+                &drain,
+            )?,
             ingest_lost: IntCounterVec::new(
                 Opts::new(
                     "wharf_logshuttle_ingest_lost_total",
@@ -116,6 +128,13 @@ impl Metrics {
                 ),
                 &["partition"],
             )?,
+            kafka_errors: IntCounterVec::new(
+                Opts::new(
+                    "wharf_logshuttle_kafka_errors_total",
+                    "Kafka operations that failed, per operation (produce, consume, commit)",
+                ),
+                &["op"],
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -129,10 +148,12 @@ impl Metrics {
         r.register(Box::new(m.drain_buffer.clone()))?;
         r.register(Box::new(m.drain_connected.clone()))?;
         r.register(Box::new(m.drain_stalled.clone()))?;
+        r.register(Box::new(m.drain_reconnects.clone()))?;
         r.register(Box::new(m.ingest_lost.clone()))?;
         r.register(Box::new(m.tail_cut.clone()))?;
         r.register(Box::new(m.tail_sessions.clone()))?;
         r.register(Box::new(m.kafka_lag.clone()))?;
+        r.register(Box::new(m.kafka_errors.clone()))?;
         Ok(m)
     }
 
@@ -153,6 +174,7 @@ impl Metrics {
             buffer: self.drain_buffer.with_label_values(&l),
             connected: self.drain_connected.with_label_values(&l),
             stalled: self.drain_stalled.with_label_values(&l),
+            reconnects: self.drain_reconnects.with_label_values(&l),
         }
     }
 
@@ -173,4 +195,5 @@ pub(crate) struct DrainMetrics {
     pub buffer: IntGauge,
     pub connected: IntGauge,
     pub stalled: IntGauge,
+    pub reconnects: IntCounter,
 }

@@ -61,6 +61,10 @@ pub struct Options {
     pub http_batch_lines: usize,
     pub http_batch_bytes: usize,
     pub http_linger: Duration,
+    /// `POST /logs` waits this long for the bus to acknowledge a request's lines (Kafka: the
+    /// broker), then answers 503 so the client sends them again (they may still arrive: at
+    /// least once). A broker that is away never holds a client longer than this.
+    pub ingest_ack_timeout: Duration,
     /// Register metrics here instead of in a registry of our own.
     pub registry: Option<Registry>,
 }
@@ -83,6 +87,7 @@ impl Default for Options {
             http_batch_lines: 500,
             http_batch_bytes: 1024 * 1024,
             http_linger: Duration::from_millis(200),
+            ingest_ack_timeout: Duration::from_secs(10),
             registry: None,
         }
     }
@@ -468,17 +473,26 @@ impl Handle {
                 .map(|a| a.space.clone())
                 .unwrap_or_default();
             let metrics = inner.metrics.for_drain(key, id);
-            let queue = Arc::new(DrainQueue::new(
-                s.drain_buffer_lines,
-                inner.opts.drain_stall_timeout,
-                metrics.clone(),
-                *id,
-            ));
+            let told: drain::Notice = {
+                let (stream, app, space) = (stream.clone(), (*key).to_owned(), space.clone());
+                Box::new(move |n, since| {
+                    let text = wire::l10_text(n, since);
+                    stream.push(Arc::new(wire::notice(&app, &space, text)));
+                })
+            };
+            let queue = Arc::new(
+                DrainQueue::new(
+                    s.drain_buffer_lines,
+                    inner.opts.drain_stall_timeout,
+                    metrics.clone(),
+                    *id,
+                )
+                .with_notice(told),
+            );
             let task = drain::spawn(DrainCtx {
                 target: (*target).clone(),
                 queue: queue.clone(),
                 metrics,
-                stream: stream.clone(),
                 space,
                 opts: inner.opts.clone(),
                 tls: inner.tls.clone(),
@@ -641,6 +655,10 @@ impl Handle {
     /// Every log token of the current plan: `token → (app key, space)`.
     pub(crate) fn tokens(&self) -> Arc<HashMap<String, (String, String)>> {
         self.0.tokens.read().clone()
+    }
+
+    pub(crate) fn options(&self) -> &Options {
+        &self.0.opts
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -14,12 +14,15 @@
 
 pub mod admin;
 pub mod canary;
+pub mod client;
 pub mod filters;
+pub mod h2_guard;
 pub mod headers;
 pub mod limits;
 pub mod live;
 pub mod logline;
 pub mod metrics;
+mod overflow;
 pub mod proxy;
 pub mod server;
 pub mod shared;

@@ -26,6 +26,12 @@ pub enum Limit {
     RatePerIp,
     AppRate,
     AppConcurrency,
+    /// A TLS handshake or a request head not done within `client_header_timeout_ms`.
+    HeaderTimeout,
+    /// A request body slower than `client_body_timeout_ms` and `client_body_min_rate` allow.
+    BodyTimeout,
+    /// An h2 connection closed for resetting streams or sending SETTINGS/PING too fast.
+    H2Flood,
 }
 
 impl Limit {
@@ -36,18 +42,22 @@ impl Limit {
             Limit::RatePerIp => "rate_per_ip",
             Limit::AppRate => "app_rate",
             Limit::AppConcurrency => "app_concurrency",
+            Limit::HeaderTimeout => "header_timeout",
+            Limit::BodyTimeout => "body_timeout",
+            Limit::H2Flood => "h2_flood",
         }
     }
 }
 
+/// A token bucket (its rate is passed to each call).
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn full(rate: Rate, now: Instant) -> Bucket {
+    pub(crate) fn full(rate: Rate, now: Instant) -> Bucket {
         Bucket {
             tokens: f64::from(rate.burst),
             at: now,
@@ -60,7 +70,7 @@ impl Bucket {
         self.at = now;
     }
 
-    fn take(&mut self, rate: Rate, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, rate: Rate, now: Instant) -> bool {
         self.refill(rate, now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -136,7 +146,8 @@ impl Limiter {
         })
     }
 
-    fn refused(&self, limit: Limit) -> Limit {
+    /// Count a refusal by `limit`.
+    pub fn refused(&self, limit: Limit) -> Limit {
         self.limited.with_label_values(&[limit.as_str()]).inc();
         limit
     }

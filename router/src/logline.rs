@@ -14,6 +14,7 @@ pub enum HCode {
     H21,
     H25,
     H27,
+    H28,
     H31,
 }
 
@@ -29,6 +30,7 @@ impl HCode {
             HCode::H21 => "H21",
             HCode::H25 => "H25",
             HCode::H27 => "H27",
+            HCode::H28 => "H28",
             HCode::H31 => "H31",
         }
     }
@@ -44,6 +46,7 @@ impl HCode {
             HCode::H21 => "Backend connection refused",
             HCode::H25 => "HTTP restriction",
             HCode::H27 => "Client Request Interrupted",
+            HCode::H28 => "Client Connection Idle",
             HCode::H31 => "Misdirected Request",
         }
     }
@@ -53,6 +56,7 @@ impl HCode {
         match self {
             HCode::H25 => 502,
             HCode::H27 => 499,
+            HCode::H28 => 408,
             HCode::H31 => 421,
             _ => 503,
         }

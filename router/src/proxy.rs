@@ -75,6 +75,8 @@ pub struct Ctx {
     body_bytes: u64,
     max_body: u64,
     first_byte: Option<FirstByteTimer>,
+    /// HTTP/1 requests on their way to a dyno: when the body must be in (408 H28 beyond).
+    body_deadline: Option<crate::client::BodyDeadline>,
     /// The request's slot among its app's requests in flight, given back when the context
     /// drops.
     in_flight: Option<crate::limits::InFlightGuard>,
@@ -371,6 +373,25 @@ impl Edge {
         Ok(true)
     }
 
+    /// Headers the head guard parked past pingora's parser limit go back on the request,
+    /// after the ones pingora parsed, before anything reads it.
+    fn unpark_headers(&self, session: &mut Session) {
+        let Some(conn) = session
+            .digest()
+            .and_then(|d| d.socket_digest.as_ref())
+            .map(|d| Arc::as_ptr(d) as usize)
+        else {
+            return;
+        };
+        let Some(parked) = self.shared.parked.take(conn) else {
+            return;
+        };
+        let req = session.req_header_mut();
+        for (name, value) in parked {
+            let _ = req.append_header(name, value);
+        }
+    }
+
     fn add_hsts(&self, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
         if self.kind != Kind::PublicHttps {
             return Ok(());
@@ -473,6 +494,7 @@ impl ProxyHttp for Edge {
             body_bytes: 0,
             max_body: 0,
             first_byte: None,
+            body_deadline: None,
             in_flight: None,
         }
     }
@@ -483,6 +505,7 @@ impl ProxyHttp for Edge {
         self.shared.metrics.in_flight.inc();
         let live = self.shared.live.load_full();
         ctx.live = Some(live.clone());
+        self.unpark_headers(session);
 
         let req = session.req_header();
         ctx.method.push_str(req.method.as_str());
@@ -574,7 +597,7 @@ impl ProxyHttp for Edge {
         }
         let normalized = match paths::normalize(&ctx.path) {
             Ok(p) => p.into_owned(),
-            Err(PathError::AboveRoot) | Err(PathError::NotAbsolute) => {
+            Err(PathError::AboveRoot | PathError::NotAbsolute | PathError::BadEscape) => {
                 return self
                     .respond(session, ctx, 400, "Bad Request: invalid path\n", &[])
                     .await;
@@ -728,18 +751,26 @@ impl ProxyHttp for Edge {
         if ctx.upgrade && !session.is_http2() {
             return self.proxy_upgrade(session, ctx).await;
         }
+        if !session.is_http2() {
+            let d = crate::client::BodyDeadline::start(&live.table.settings);
+            session.set_read_timeout(Some(d.next_read(0, Instant::now())));
+            ctx.body_deadline = Some(d);
+        }
         Ok(false)
     }
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
+            if let Some(d) = &ctx.body_deadline {
+                session.set_read_timeout(Some(d.next_read(ctx.body_bytes, Instant::now())));
+            }
             if ctx.max_body > 0 && ctx.body_bytes > ctx.max_body {
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
@@ -980,6 +1011,14 @@ impl ProxyHttp for Edge {
         }
         let code = match e.etype() {
             _ if first_byte_timeout && !ctx.response_started => Some(HCode::H12),
+            ErrorType::ReadTimedout if downstream && ctx.body_deadline.is_some() => {
+                self.shared
+                    .limits
+                    .refused(crate::limits::Limit::BodyTimeout);
+                tracing::info!(host = %ctx.host, path = %ctx.path, bytes = ctx.body_bytes,
+                    "request body slower than the body deadline: 408 H28, closed");
+                Some(HCode::H28)
+            }
             _ if downstream => match e.etype() {
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
                     Some(HCode::H27)
@@ -1025,6 +1064,7 @@ impl ProxyHttp for Edge {
                 Some(HCode::H19) | Some(HCode::H21) => b"Application error: dyno unreachable\n",
                 Some(HCode::H13) => b"Application error: connection closed without response\n",
                 Some(HCode::H25) => b"Bad Gateway: invalid response from the app\n",
+                Some(HCode::H28) => b"Request Timeout: the request body came too slowly\n",
                 _ if status == 400 => b"Bad Request\n",
                 _ => b"Application error\n",
             });

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::listeners::TlsAccept;
-use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{ALPN, Stream};
@@ -26,28 +26,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wharf_config::{LineSink, RouterEvent, RouterTable, Snapshot};
 
 use crate::admin::Admin;
+use crate::client;
 use crate::filters::jwks::JwksCache;
 use crate::live::{Live, Rejected};
 use crate::metrics::Metrics;
+use crate::overflow::{self, Head};
 use crate::proxy::{Edge, Kind};
 use crate::shared::Shared;
 use crate::tls::{Sni, SniResolver};
 
-/// pingora's HTTP/1 parser stops at this many request headers and answers a bare 400.
-const PARSER_MAX_HEADERS: usize = 256;
 /// Request heads are read ahead up to this size; a longer one is left to pingora's own limits.
 const HEAD_READ_AHEAD: usize = 64 * 1024;
 /// How long a connection may sit between requests (pingora's keep-alive default).
 const KEEPALIVE_SECS: u64 = 60;
 
 /// The proxy behind each listener. HTTP/1 request heads are read here first (the same read
-/// pingora would do) and handed to pingora as the session's first bytes, so a head with more
-/// headers than pingora parses gets 431 rather than pingora's generic 400. h2 goes straight
-/// to pingora.
+/// pingora would do) and handed to pingora as the session's first bytes; a head with more
+/// headers than pingora parses (256) and at most 1000 is split (`overflow`), more → 431.
 struct HeadGuard {
     proxy: Arc<HttpProxy<Edge>>,
     metrics: Metrics,
     shared: Arc<Shared>,
+    /// HTTPS: the TLS handshake is done here, once the connection holds its slot.
+    tls: Option<Acceptor>,
 }
 
 #[async_trait]
@@ -60,21 +61,52 @@ impl ServerApp for HeadGuard {
         // Held for the connection's life; over a limit, the connection is closed unanswered.
         let peer = pingora::protocols::GetSocketDigest::get_socket_digest(&*stream)
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let limits = self.shared.live.load().table.settings.limits.clone();
+        let (limits, header, h2_idle) = {
+            let live = self.shared.live.load();
+            let s = &live.table.settings;
+            (
+                s.limits.clone(),
+                Duration::from_millis(s.client_header_timeout_ms),
+                Duration::from_millis(s.client_h2_idle_timeout_ms),
+            )
+        };
         let _slot = self.shared.limits.connection(peer, &limits).ok()?;
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.proxy.process_new(stream, shutdown).await;
+        let mut first_byte_by = Instant::now() + header;
+        if let Some(tls) = &self.tls {
+            stream = client::tls_handshake(tls, stream, first_byte_by, &self.shared.limits).await?;
         }
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let limiter = &self.shared.limits;
+            let by = first_byte_by;
+            crate::h2_guard::serve(&self.proxy, stream, shutdown, limiter, by, h2_idle).await;
+            return None;
+        }
+        // The connection's key for headers parked past pingora's parser limit.
+        let conn = pingora::protocols::GetSocketDigest::get_socket_digest(&*stream)
+            .map(|d| Arc::as_ptr(&d) as usize);
         let mut settings = None;
+        let mut fresh = true;
         loop {
-            let (s, head) = read_head(stream, shutdown).await?;
+            let limiter = &self.shared.limits;
+            let (s, mut head, end) =
+                read_head(stream, shutdown, fresh, first_byte_by, header, limiter).await?;
             stream = s;
-            if header_count(&head).is_some_and(|n| n > PARSER_MAX_HEADERS) {
-                self.metrics.requests.with_label_values(&["", "4xx"]).inc();
-                let _ = stream.write_all(TOO_MANY_HEADERS).await;
-                let _ = stream.flush().await;
-                let _ = stream.shutdown().await;
-                return None;
+            let mut parked = None;
+            let split = end.map_or(Head::AsIs, |end| overflow::split(&head, end));
+            match (split, conn) {
+                (Head::AsIs, _) => {}
+                (Head::Split(cut, headers), Some(conn)) => {
+                    self.shared.parked.park(conn, headers);
+                    parked = Some(conn);
+                    head = cut;
+                }
+                (Head::TooMany | Head::Split(..), _) => {
+                    self.metrics.requests.with_label_values(&["", "4xx"]).inc();
+                    let _ = stream.write_all(TOO_MANY_HEADERS).await;
+                    let _ = stream.flush().await;
+                    let _ = stream.shutdown().await;
+                    return None;
+                }
             }
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
@@ -85,8 +117,15 @@ impl ServerApp for HeadGuard {
                 session.set_keepalive(None);
             }
             session.set_pipelined_prefix(head);
-            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let reused = self.proxy.process_new_http(session, shutdown).await;
+            if let Some(conn) = parked {
+                // Normally taken by the proxy already; never left for a later request.
+                self.shared.parked.take(conn);
+            }
+            let reused = reused?;
             (stream, settings) = reused.consume();
+            fresh = false;
+            first_byte_by = Instant::now() + Duration::from_secs(KEEPALIVE_SECS);
         }
     }
 
@@ -100,25 +139,47 @@ content-type: text/plain; charset=utf-8\r\ncontent-length: 32\r\nconnection: clo
 Request Header Fields Too Large\n";
 
 /// Read until a whole request head is buffered (or [`HEAD_READ_AHEAD`] bytes, or the client
-/// closed after sending something). `None`: the client went away or idled past the keep-alive,
-/// or the server is shutting down.
-async fn read_head(mut stream: Stream, shutdown: &ShutdownWatch) -> Option<(Stream, BytesMut)> {
+/// closed after sending something), with where the head ends when it is whole: its first byte
+/// by `first_byte_by`, the whole head by [`client::head_deadline`]. `None`: the client went away or was late (closed, 408 when part
+/// of a head came), or the server is shutting down. `fresh`: the connection's first request.
+async fn read_head(
+    mut stream: Stream,
+    shutdown: &ShutdownWatch,
+    fresh: bool,
+    first_byte_by: Instant,
+    header: Duration,
+    limiter: &crate::limits::Limiter,
+) -> Option<(Stream, BytesMut, Option<usize>)> {
     let mut stop = shutdown.clone();
     let read = async move {
         let mut buf = BytesMut::with_capacity(4096);
+        let mut by = first_byte_by;
         loop {
-            let n = stream.read_buf(&mut buf).await.ok()?;
+            let n = match tokio::time::timeout_at(by.into(), stream.read_buf(&mut buf)).await {
+                Ok(n) => n.ok()?,
+                // A kept-alive connection that sent nothing more: closed quietly.
+                Err(_) if buf.is_empty() && !fresh => return None,
+                Err(_) => {
+                    client::head_timed_out(stream, buf.len(), limiter).await;
+                    return None;
+                }
+            };
             if n == 0 {
-                return (!buf.is_empty()).then_some((stream, buf));
+                // Every earlier read was checked: no whole head in what came.
+                return (!buf.is_empty()).then_some((stream, buf, None));
             }
-            if head_end(&buf).is_some() || buf.len() >= HEAD_READ_AHEAD {
-                return Some((stream, buf));
+            let end = head_end(&buf);
+            if end.is_some() || buf.len() >= HEAD_READ_AHEAD {
+                return Some((stream, buf, end));
+            }
+            if buf.len() == n {
+                by = client::head_deadline(first_byte_by, Instant::now(), header);
             }
         }
     };
     tokio::select! {
         biased;
-        r = pingora::prelude::timeout(Duration::from_secs(KEEPALIVE_SECS), read) => r.ok().flatten(),
+        r = read => r,
         _ = stop.wait_for(|s| *s) => None,
     }
 }
@@ -138,13 +199,6 @@ pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
         from = at + 1;
     }
     None
-}
-
-/// Header lines in a complete head (the request line and the blank line not counted).
-fn header_count(buf: &[u8]) -> Option<usize> {
-    let end = head_end(buf)?;
-    let lines = buf[..end].iter().filter(|b| **b == b'\n').count();
-    Some(lines.saturating_sub(2))
 }
 
 /// Where to listen. Port 0 picks a free port; [`Handle::addrs`] tells which.
@@ -294,6 +348,7 @@ fn edge_service(
     shared: &Arc<Shared>,
     kind: Kind,
     name: &str,
+    tls: Option<Acceptor>,
 ) -> Service<HeadGuard> {
     let edge = Edge {
         kind,
@@ -305,6 +360,7 @@ fn edge_service(
             proxy: Arc::new(pingora::proxy::http_proxy(conf, edge)),
             metrics: shared.metrics.clone(),
             shared: shared.clone(),
+            tls,
         },
     )
 }
@@ -345,6 +401,7 @@ impl Handle {
             sink,
             events,
             limits: crate::limits::Limiter::new(&metrics.registry),
+            parked: Default::default(),
         });
         shared.jwks.sync(&shared.live.load().table);
 
@@ -380,19 +437,26 @@ impl Handle {
             .expect("TLS settings");
             tls.set_cert_resolver(Arc::new(SniResolver { live: live.clone() }));
             tls.enable_h2();
-            let mut svc = edge_service(&sc, &shared, Kind::PublicHttps, "wharf-https");
-            svc.add_tls_with_settings(&a.to_string(), None, tls);
+            // A plain TCP listener: HeadGuard admits the connection, then does the handshake.
+            let mut svc = edge_service(
+                &sc,
+                &shared,
+                Kind::PublicHttps,
+                "wharf-https",
+                Some(tls.build()),
+            );
+            svc.add_tcp(&a.to_string());
             svc.threads = Some(threads);
             server.add_service(svc);
         }
         if let Some(a) = addrs.http {
-            let mut svc = edge_service(&sc, &shared, Kind::PublicHttp, "wharf-http");
+            let mut svc = edge_service(&sc, &shared, Kind::PublicHttp, "wharf-http", None);
             svc.add_tcp(&a.to_string());
             svc.threads = Some(1);
             server.add_service(svc);
         }
         if let Some(a) = addrs.internal {
-            let mut svc = edge_service(&sc, &shared, Kind::Internal, "wharf-internal");
+            let mut svc = edge_service(&sc, &shared, Kind::Internal, "wharf-internal", None);
             svc.add_tcp(&a.to_string());
             svc.threads = Some(threads.min(2));
             server.add_service(svc);
@@ -538,23 +602,12 @@ impl Drop for Handle {
 
 #[cfg(test)]
 mod tests {
-    use super::{head_end, header_count};
+    use super::head_end;
 
     #[test]
     fn heads_are_measured_in_lines() {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
         assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n"), Some(24));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
-        assert_eq!(
-            header_count(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n"),
-            Some(2)
-        );
-        assert_eq!(header_count(b"GET / HTTP/1.1\r\n\r\n"), Some(0));
-        let mut many = String::from("GET / HTTP/1.1\r\n");
-        for i in 0..300 {
-            many.push_str(&format!("X-{i}: v\r\n"));
-        }
-        many.push_str("\r\n");
-        assert_eq!(header_count(many.as_bytes()), Some(300));
     }
 }

@@ -25,4 +25,6 @@ pub struct Shared {
     pub events: tokio::sync::broadcast::Sender<RouterEvent>,
     pub jwks: JwksCache,
     pub limits: Arc<crate::limits::Limiter>,
+    /// Request headers past pingora's parser limit, until the proxy puts them back.
+    pub(crate) parked: crate::overflow::Parked,
 }

@@ -99,36 +99,43 @@ fn b64(s: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
 
-#[test]
-fn jwt_every_check() {
-    let pki = Pki::new();
-    let d = Dyno::start("web.1");
-    let (rsa, ec, stranger) = (rsa_key("rsa-1"), ec_key("ec-1"), rsa_key("rsa-x"));
-    let server = JsonServer::start(jwks(&[&rsa, &ec]), "application/json");
-    let mut s = base(&pki);
+/// JWT filter `auth` (issuer [`ISS`], audience `api`, every algorithm, keys from `jwks`) on two
+/// apps served by `d`: `api-prod` everywhere but under `/public`, `scoped-prod` only under
+/// `/private`. Returns the snapshot and the two app keys.
+fn scoped_auth(pki: &Pki, jwks: &JsonServer, d: &Dyno) -> (Snapshot, String, String) {
+    let mut s = base(pki);
     let app = add_app(&mut s, "api", "prod", &[d.addr]);
     let scoped = add_app(&mut s, "scoped", "prod", &[d.addr]);
     s.filters.push(Filter::Jwt(JwtFilter {
         name: "auth".into(),
-        jwks_uri: format!("http://{}/jwks", server.addr),
+        jwks_uri: format!("http://{}/jwks", jwks.addr),
         issuer: ISS.into(),
         audiences: vec!["api".into()],
         leeway_secs: 5,
         jwks_ttl_secs: 300,
         algorithms: JWT_ALGORITHMS.iter().map(|s| s.to_string()).collect(),
     }));
-    s.attachments.push(Attachment {
-        app: app.clone(),
-        filter: "auth".into(),
-        includes: vec![],
-        excludes: vec!["/public".into()],
-    });
-    s.attachments.push(Attachment {
-        app: scoped.clone(),
-        filter: "auth".into(),
-        includes: vec!["/private".into()],
-        excludes: vec![],
-    });
+    for (key, includes, excludes) in [
+        (&app, vec![], vec!["/public"]),
+        (&scoped, vec!["/private"], vec![]),
+    ] {
+        s.attachments.push(Attachment {
+            app: key.clone(),
+            filter: "auth".into(),
+            includes: includes.into_iter().map(String::from).collect(),
+            excludes: excludes.into_iter().map(String::from).collect(),
+        });
+    }
+    (s, app, scoped)
+}
+
+#[test]
+fn jwt_every_check() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let (rsa, ec, stranger) = (rsa_key("rsa-1"), ec_key("ec-1"), rsa_key("rsa-x"));
+    let server = JsonServer::start(jwks(&[&rsa, &ec]), "application/json");
+    let (s, app, scoped) = scoped_auth(&pki, &server, &d);
     let r = start(&s, &Collect::default());
     let https = r.addrs().https.unwrap();
     let host = format!("{app}.{DOMAIN}");
@@ -295,6 +302,79 @@ fn jwks_rotation_and_outage() {
         m.contains("wharf_router_jwks_fetches_total{result=\"error\"}"),
         "{m}"
     );
+}
+
+/// A JWT scope (`includes` or `excludes`) holds whatever spelling of the path the client uses:
+/// percent-encoded unreserved characters and dots are decoded before the filter looks, a `%2F`
+/// is looked at both ways, and the dyno gets the normal path.
+#[test]
+fn jwt_scope_holds_against_percent_encoded_paths() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let key = ec_key("ec-1");
+    let server = JsonServer::start(jwks(&[&key]), "application/json");
+    let (s, open, scoped) = scoped_auth(&pki, &server, &d);
+    let r = start(&s, &Collect::default());
+    let https = r.addrs().https.unwrap();
+    // --path-as-is: curl would otherwise resolve the dots itself.
+    let call = |app: &str, path: &str, extra: &[&str]| {
+        let mut args = vec!["--path-as-is"];
+        args.extend_from_slice(extra);
+        curl(
+            &pki,
+            https,
+            "https",
+            &format!("{app}.{DOMAIN}"),
+            path,
+            &args,
+        )
+    };
+
+    let before = d.hits();
+    for path in [
+        "/private/x",
+        "/%70rivate/x",
+        "/public/%2e%2e/private/x",
+        "/public/%2E%2e/private/x",
+        "/public/.%2e/private/x",
+        "/public/%2e./private/x",
+        "/a/%2e/%2e%2e/private/x",
+        "/public/..%2Fprivate/x",
+        "/public/..%2fprivate/x",
+        "/public/..%5Cprivate/x",
+    ] {
+        let g = call(&scoped, path, &[]);
+        assert_eq!(g.status, 401, "includes /private, {path}: {g:?}");
+    }
+    for path in [
+        "/admin",
+        "/public/%2e%2e/admin",
+        "/%70ublic/%2E%2E/admin",
+        "/public/..%2Fadmin",
+    ] {
+        let g = call(&open, path, &[]);
+        assert_eq!(g.status, 401, "excludes /public, {path}: {g:?}");
+    }
+    for path in ["/%2e%2e/private", "/public/%2e%2e/%2e%2e/private", "/a%zz"] {
+        assert_eq!(call(&scoped, path, &[]).status, 400, "{path}");
+    }
+    assert_eq!(d.hits(), before, "no refused request reached the dyno");
+
+    // Allowed requests reach the dyno in normal form, the original in X-Forwarded-Path.
+    let g = call(&scoped, "/%70ublic/%2e/x%2fy", &[]);
+    assert_eq!(g.status, 200, "{g:?}");
+    assert_eq!(g.json()["path"], "/public/x%2Fy");
+    let t = token(&key, good_claims());
+    let auth = format!("Authorization: Bearer {t}");
+    let g = call(&scoped, "/public/%2e%2e/private/x?q=%2e", &["-H", &auth]);
+    assert_eq!(g.status, 200, "{g:?}");
+    assert_eq!(g.json()["path"], "/private/x?q=%2e");
+    assert_eq!(
+        g.json()["headers"]["x-forwarded-path"],
+        "/public/%2e%2e/private/x"
+    );
+    let g = call(&open, "/public/..%2Fpublic/a", &[]);
+    assert_eq!(g.status, 200, "both views under /public: {g:?}");
 }
 
 fn cors_snapshot(pki: &Pki, d: &Dyno) -> (Snapshot, String) {

@@ -51,36 +51,8 @@ fn post(addr: SocketAddr, host: &str, len: usize) -> u16 {
     )
 }
 
-fn metric(r: &wharf_router::Handle, prefix: &str) -> f64 {
-    let text = String::from_utf8(r.metrics().render()).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Wait (bounded) for a metric to reach `want`; returns its last value.
-fn wait_metric(r: &wharf_router::Handle, prefix: &str, want: f64) -> f64 {
-    let mut v = metric(r, prefix);
-    for _ in 0..400 {
-        if v == want {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-        v = metric(r, prefix);
-    }
-    v
-}
-
-const OPEN: &str = "wharf_router_client_connections ";
-
 fn internal_app(s: &mut Snapshot, name: &str, dynos: &[SocketAddr]) -> String {
     format!("{}.{DOMAIN}", add_app(s, name, "back", dynos))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// `n` sequential requests on fresh connections: (all 200?, p50, p99).
@@ -368,4 +340,128 @@ fn dyno_killed_mid_stream_cuts_that_response_then_is_marked_down_and_skipped() {
         0.0,
         "requests leaked"
     );
+}
+
+/// Writers that keep trickling `bytes` into their connections every `every` (bounded: 600
+/// rounds) until told to stop, ignoring errors (the router may have closed them).
+fn trickle(
+    mut conns: Vec<TcpStream>,
+    bytes: &'static [u8],
+    every: Duration,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let t = std::thread::spawn(move || {
+        for _ in 0..600 {
+            if s.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            for c in &mut conns {
+                let _ = c.write_all(bytes);
+            }
+            std::thread::sleep(every);
+        }
+    });
+    (stop, t)
+}
+
+#[test]
+fn slowloris_heads_and_idle_connections_are_closed_after_the_header_timeout() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let host = internal_app(&mut s, "api", &[d.addr]);
+    s.router.client_header_timeout_ms = 1000;
+    let r = start(&s, &Collect::default());
+    let addr = r.addrs().internal.unwrap();
+
+    // 20 connections trickling a head (a header line every 100 ms, never the blank line), 20
+    // that send nothing at all.
+    let slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n").as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
+    let mut idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut readers: Vec<TcpStream> = slow.iter().map(|c| c.try_clone().unwrap()).collect();
+    let (stop, writer) = trickle(slow, b"X-Slow: 1\r\n", Duration::from_millis(100));
+
+    let t = Instant::now();
+    for c in &mut readers {
+        let got = read_until_closed(c).expect("the router closes a trickled head");
+        assert_eq!(status_of(&String::from_utf8_lossy(&got)), 408);
+    }
+    for c in &mut idle {
+        let got = read_until_closed(c).expect("the router closes an idle connection");
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    }
+    println!(
+        "header timeout 1 s: 20 trickled heads closed with 408, 20 idle connections closed, all within {:?}",
+        t.elapsed()
+    );
+    // Closed while the attackers were still trickling.
+    assert_eq!(wait_metric(&r, OPEN, 0.0), 0.0, "connections leaked");
+    assert_eq!(
+        metric(&r, "wharf_router_limited_total{limit=\"header_timeout\"}"),
+        40.0
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(get(addr, &host, "/"), 200);
+}
+
+#[test]
+fn slow_request_bodies_get_408_h28_while_a_well_behaved_client_is_served() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let host = internal_app(&mut s, "api", &[d.addr]);
+    s.router.client_body_timeout_ms = 1000;
+    s.router.client_body_min_rate = 500;
+    let sink = Collect::default();
+    let r = start(&s, &sink);
+    let addr = r.addrs().internal.unwrap();
+
+    let (ok, p50, p99) = well_behaved(addr, &host, 50);
+    println!("baseline: {ok}/50 ok, p50 {p50:?}, p99 {p99:?}");
+
+    // 20 uploads that promise 1000 bytes and send one every 200 ms.
+    let slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(
+                format!("POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\nx")
+                    .as_bytes(),
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    let mut readers: Vec<TcpStream> = slow.iter().map(|c| c.try_clone().unwrap()).collect();
+    let (stop, writer) = trickle(slow, b"x", Duration::from_millis(200));
+    let (ok, p50, p99) = well_behaved(addr, &host, 50);
+    println!("under 20 slow bodies: {ok}/50 ok, p50 {p50:?}, p99 {p99:?}");
+    assert_eq!(ok, 50);
+
+    for c in &mut readers {
+        let got = read_until_closed(c).expect("the router ends a slow body");
+        assert_eq!(status_of(&String::from_utf8_lossy(&got)), 408);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let line = sink.wait_for("code=H28");
+    assert!(line.line.contains("status=408"), "{}", line.line);
+    assert_eq!(
+        metric(&r, "wharf_router_limited_total{limit=\"body_timeout\"}"),
+        20.0
+    );
+    assert_nothing_leaks(&r);
+    // A body at a normal pace is not affected.
+    assert_eq!(post(addr, &host, 200_000), 200);
 }

@@ -39,6 +39,10 @@ pub struct Args {
     pub kafka_group: String,
     #[arg(long, default_value_t = 8)]
     pub kafka_partitions: i32,
+    /// Static membership of the consumer group: this shuttle's own id, the same across its
+    /// restarts (a restarted shuttle then takes its place at once), unique within the group.
+    #[arg(long, value_name = "ID")]
+    pub kafka_instance: Option<String>,
     /// Prometheus metrics listener (`GET /metrics`).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -66,6 +70,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
             topic: args.kafka_topic.clone(),
             group: args.kafka_group.clone(),
             partitions: args.kafka_partitions,
+            instance: args.kafka_instance.clone(),
         }),
         None => BusChoice::InProcess,
     };

@@ -3,10 +3,10 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::{Body, check_name, json, paginate, ts};
+use super::{Body, Named, check_name, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -14,35 +14,88 @@ use crate::store::{
     APP_SELECT, AppRow, current_release, find_app, find_space, new_id, new_secret, now_us,
 };
 
-pub(crate) fn app_json(cp: &ControlPlane, a: &AppRow, released_at: Option<i64>) -> Value {
+/// An app, keyed `{app}-{space}`, in Heroku's shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct App {
+    pub id: String,
+    /// The key `{app}-{space}`.
+    pub name: String,
+    pub key: String,
+    pub simple_name: String,
+    pub description: String,
+    pub space: AppSpace,
+    pub owner: Owner,
+    pub organization: Option<Named>,
+    pub team: Option<Named>,
+    pub region: Named,
+    pub stack: Named,
+    pub build_stack: Named,
+    pub internal_routing: bool,
+    pub maintenance: bool,
+    pub web_url: String,
+    pub git_url: Option<String>,
+    pub buildpack_provided_description: Option<String>,
+    pub repo_size: Option<i64>,
+    pub slug_size: Option<i64>,
+    pub acm: bool,
+    pub archived_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub released_at: Option<String>,
+}
+
+/// The space of an app.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppSpace {
+    pub id: String,
+    pub name: String,
+    pub compliance: Vec<String>,
+}
+
+/// Who created an app.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Owner {
+    pub id: String,
+    pub email: String,
+}
+
+pub(crate) fn app_json(cp: &ControlPlane, a: &AppRow, released_at: Option<i64>) -> App {
     let key = a.key();
-    let internal = a.compliance().iter().any(|c| c == "internal");
-    json!({
-        "id": a.id,
-        "name": key,
-        "key": key,
-        "simple_name": a.name,
-        "description": a.description,
-        "space": {"id": a.space_id, "name": a.space_name, "compliance": a.compliance()},
-        "owner": {"id": a.owner_email, "email": a.owner_email},
-        "organization": null,
-        "team": null,
-        "region": {"id": "local", "name": "local"},
-        "stack": {"id": "wharf", "name": "wharf"},
-        "build_stack": {"id": "wharf", "name": "wharf"},
-        "internal_routing": internal,
-        "maintenance": false,
-        "web_url": format!("https://{key}.{}/", cp.settings().domain),
-        "git_url": null,
-        "buildpack_provided_description": null,
-        "repo_size": null,
-        "slug_size": null,
-        "acm": false,
-        "archived_at": null,
-        "created_at": ts(a.created_at),
-        "updated_at": ts(a.updated_at),
-        "released_at": released_at.map(ts),
-    })
+    let compliance = a.compliance();
+    let wharf = || Named::new("wharf", "wharf");
+    App {
+        id: a.id.clone(),
+        name: key.clone(),
+        key: key.clone(),
+        simple_name: a.name.clone(),
+        description: a.description.clone(),
+        internal_routing: compliance.iter().any(|c| c == "internal"),
+        space: AppSpace {
+            id: a.space_id.clone(),
+            name: a.space_name.clone(),
+            compliance,
+        },
+        owner: Owner {
+            id: a.owner_email.clone(),
+            email: a.owner_email.clone(),
+        },
+        organization: None,
+        team: None,
+        region: Named::new("local", "local"),
+        stack: wharf(),
+        build_stack: wharf(),
+        maintenance: false,
+        web_url: format!("https://{key}.{}/", cp.settings().domain),
+        git_url: None,
+        buildpack_provided_description: None,
+        repo_size: None,
+        slug_size: None,
+        acm: false,
+        archived_at: None,
+        created_at: time(a.created_at),
+        updated_at: time(a.updated_at),
+        released_at: released_at.map(time),
+    }
 }
 
 /// The app named in the path, checked against the caller's scope (404, then 403).
@@ -53,7 +106,7 @@ pub(crate) async fn load(cp: &ControlPlane, caller: &Caller, ident: &str) -> Api
     Ok(a)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateApp {
     #[serde(default)]
     pub name: Option<String>,
@@ -63,6 +116,9 @@ pub struct CreateApp {
     pub description: Option<String>,
 }
 
+/// Create an app
+#[utoipa::path(post, path = "/apps", tag = "apps", request_body = CreateApp,
+    responses((status = 201, body = App)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -133,6 +189,8 @@ pub async fn create(
     Ok(json(StatusCode::CREATED, app_json(&cp, &app, Some(now))))
 }
 
+/// List apps
+#[utoipa::path(get, path = "/apps", tag = "apps", responses((status = 200, body = [App])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -145,10 +203,24 @@ pub async fn list(
         .iter()
         .filter(|a| caller.can_app(a))
         .map(|a| app_json(&cp, a, None))
-        .collect();
+        .collect::<Vec<_>>();
     paginate(&headers, items, &["name", "id", "created_at", "updated_at"])
 }
 
+/// List apps (Heroku clients)
+///
+/// The apps the token may see, whoever `{user}` is.
+#[utoipa::path(get, path = "/users/{user}/apps", tag = "apps", responses((status = 200, body = [App])))]
+pub async fn list_for_user(
+    state: State<ControlPlane>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    list(state, caller, headers).await
+}
+
+/// Show an app
+#[utoipa::path(get, path = "/apps/{app}", tag = "apps", responses((status = 200, body = App)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -163,7 +235,7 @@ pub async fn info(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApp {
     #[serde(default)]
@@ -174,6 +246,9 @@ pub struct UpdateApp {
     pub maintenance: Option<bool>,
 }
 
+/// Update an app
+#[utoipa::path(patch, path = "/apps/{app}", tag = "apps", request_body = UpdateApp,
+    responses((status = 200, body = App)))]
 pub async fn update(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -208,6 +283,8 @@ pub async fn update(
     Ok(json(StatusCode::OK, app_json(&cp, &a, None)))
 }
 
+/// Destroy an app
+#[utoipa::path(delete, path = "/apps/{app}", tag = "apps", responses((status = 200, body = App)))]
 pub async fn delete(
     State(cp): State<ControlPlane>,
     caller: Caller,

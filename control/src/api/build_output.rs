@@ -5,8 +5,8 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use wharf_config::{LogLine, Source};
 
 use super::apps::load;
@@ -20,12 +20,20 @@ use crate::store::now_us;
 pub const MAX_LINES: usize = 1000;
 pub const MAX_LINE_BYTES: usize = 10_240;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildOutput {
     pub lines: Vec<String>,
 }
 
+/// How many lines were taken.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub accepted: usize,
+}
+
+/// Add build output lines to the app's log stream
+#[utoipa::path(post, path = "/apps/{app}/build-output", tag = "builds", request_body = BuildOutput, responses((status = 202, body = Accepted)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -58,5 +66,5 @@ pub async fn create(
             line,
         });
     }
-    Ok(json(StatusCode::ACCEPTED, json!({"accepted": count})))
+    Ok(json(StatusCode::ACCEPTED, Accepted { accepted: count }))
 }

@@ -6,32 +6,63 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 use wharf_config::Artifact;
 
-use super::apps::load;
-use super::{Body, find_one, json, paginate, ts};
+use super::apps::{Owner, load};
+use super::releases::ReleaseRef;
+use super::{Body, Id, Named, find_one, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{AppRow, BuildRow, current_release, find_app, new_id, now_us};
 
-fn build_json(a: &AppRow, b: &BuildRow, release: Option<(String, i64)>) -> Value {
-    json!({
-        "id": b.id,
-        "app": {"id": a.id, "name": a.key()},
-        "status": b.status,
-        "source_blob": {"url": b.source_url, "version": null, "checksum": null},
-        "artifact": serde_json::from_str::<Value>(&b.artifact).unwrap_or(Value::Null),
-        "release": release.map(|(id, v)| json!({"id": id, "version": v})),
-        "slug": {"id": b.id},
-        "user": {"id": b.user_email, "email": b.user_email},
-        "buildpacks": null,
-        "output_stream_url": null,
-        "created_at": ts(b.created_at),
-        "updated_at": ts(b.updated_at),
-    })
+/// A build: the artifact a source names, released at once when it succeeds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Build {
+    pub id: String,
+    pub app: Named,
+    pub status: String,
+    pub source_blob: SourceBlob,
+    /// The artifact: `{"slug": dir}`, `{"image": ref}` or `{"command": cmd}`.
+    pub artifact: Value,
+    /// The release it made (in the answer that creates it).
+    pub release: Option<ReleaseRef>,
+    pub slug: Id,
+    pub user: Owner,
+    pub buildpacks: Option<Vec<String>>,
+    pub output_stream_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn build_json(a: &AppRow, b: &BuildRow, release: Option<(String, i64)>) -> Build {
+    Build {
+        id: b.id.clone(),
+        app: Named::new(a.id.clone(), a.key()),
+        status: b.status.clone(),
+        source_blob: SourceBlob {
+            url: b.source_url.clone(),
+            version: None,
+            checksum: None,
+        },
+        artifact: serde_json::from_str(&b.artifact).unwrap_or(Value::Null),
+        release: release.map(|(id, version)| ReleaseRef {
+            id: Some(id),
+            version,
+        }),
+        slug: Id { id: b.id.clone() },
+        user: Owner {
+            id: b.user_email.clone(),
+            email: b.user_email.clone(),
+        },
+        buildpacks: None,
+        output_stream_url: None,
+        created_at: time(b.created_at),
+        updated_at: time(b.updated_at),
+    }
 }
 
 /// The artifact a source URL names.
@@ -70,7 +101,7 @@ pub fn artifact_of(url: &str) -> ApiResult<Artifact> {
     Err(bad())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SourceBlob {
     pub url: String,
     #[serde(default)]
@@ -79,11 +110,13 @@ pub struct SourceBlob {
     pub checksum: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateBuild {
     pub source_blob: SourceBlob,
 }
 
+/// Build from a source (file://, docker://, command:) and release it
+#[utoipa::path(post, path = "/apps/{app}/builds", tag = "builds", request_body = CreateBuild, responses((status = 201, body = Build)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -140,6 +173,8 @@ pub async fn create(
     ))
 }
 
+/// List builds
+#[utoipa::path(get, path = "/apps/{app}/builds", tag = "builds", responses((status = 200, body = [Build])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -158,6 +193,8 @@ pub async fn list(
     )
 }
 
+/// Show a build
+#[utoipa::path(get, path = "/apps/{app}/builds/{build}", tag = "builds", responses((status = 200, body = Build)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,

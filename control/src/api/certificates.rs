@@ -4,28 +4,41 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::{Body, check_name, find_one, json, paginate, ts};
+use super::{Body, check_name, delete_row, find_one, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{CertRow, new_id, now_us};
 
-fn cert_json(c: &CertRow) -> Value {
-    json!({
-        "id": c.id,
-        "name": c.name,
-        "names": serde_json::from_str::<Value>(&c.names).unwrap_or(json!([])),
-        "certificate_chain": c.cert_pem,
-        "default": c.is_default != 0,
-        "created_at": ts(c.created_at),
-        "updated_at": ts(c.updated_at),
-    })
+/// A certificate chain the router serves by SNI (its key is never returned).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Certificate {
+    pub id: String,
+    pub name: String,
+    /// The host names it serves.
+    pub names: Vec<String>,
+    pub certificate_chain: String,
+    pub default: bool,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
-#[derive(Debug, Deserialize)]
+fn cert_json(c: &CertRow) -> Certificate {
+    Certificate {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        names: serde_json::from_str(&c.names).unwrap_or_default(),
+        certificate_chain: c.cert_pem.clone(),
+        default: c.is_default != 0,
+        created_at: time(c.created_at),
+        updated_at: time(c.updated_at),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCert {
     pub name: String,
@@ -37,6 +50,8 @@ pub struct CreateCert {
     pub default: bool,
 }
 
+/// Add a certificate and its key (admin); the key is never returned
+#[utoipa::path(post, path = "/certificates", tag = "certificates", request_body = CreateCert, responses((status = 201, body = Certificate)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -62,7 +77,7 @@ pub async fn create(
     let c = CertRow {
         id: new_id(),
         name: body.name,
-        names: json!(body.names).to_string(),
+        names: serde_json::json!(body.names).to_string(),
         cert_pem: body.certificate_chain,
         key_pem: body.private_key,
         is_default: i64::from(body.default),
@@ -83,6 +98,8 @@ pub async fn create(
     Ok(json(StatusCode::CREATED, cert_json(&c)))
 }
 
+/// List certificates (admin)
+#[utoipa::path(get, path = "/certificates", tag = "certificates", responses((status = 200, body = [Certificate])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -110,6 +127,8 @@ async fn find(cp: &ControlPlane, ident: &str) -> ApiResult<CertRow> {
     .await
 }
 
+/// Show a certificate (admin)
+#[utoipa::path(get, path = "/certificates/{cert}", tag = "certificates", responses((status = 200, body = Certificate)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -119,6 +138,8 @@ pub async fn info(
     Ok(json(StatusCode::OK, cert_json(&find(&cp, &cert).await?)))
 }
 
+/// Remove a certificate (admin)
+#[utoipa::path(delete, path = "/certificates/{cert}", tag = "certificates", responses((status = 200, body = Certificate)))]
 pub async fn delete(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -126,11 +147,6 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     caller.require_admin()?;
     let c = find(&cp, &cert).await?;
-    let mut w = cp.begin().await?;
-    sqlx::query("DELETE FROM certificates WHERE id = $1")
-        .bind(&c.id)
-        .execute(&mut *w.tx)
-        .await?;
-    cp.commit(w, false).await?;
+    delete_row(&cp, "certificates", &c.id, false).await?;
     Ok(json(StatusCode::OK, cert_json(&c)))
 }

@@ -25,22 +25,20 @@ fn is_env_name(s: &str) -> bool {
 }
 
 /// Config vars as an answer: secret-looking values redacted for apps in `socs` spaces.
-fn answer(cp: &ControlPlane, a: &AppRow, vars: &BTreeMap<String, String>) -> Value {
+fn answer(
+    cp: &ControlPlane,
+    a: &AppRow,
+    vars: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     if a.is_socs() {
-        to_json(&cp.secrets().vars(vars))
+        cp.secrets().vars(&vars)
     } else {
-        to_json(vars)
+        vars
     }
 }
 
-fn to_json(vars: &BTreeMap<String, String>) -> Value {
-    Value::Object(
-        vars.iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
-}
-
+/// Config vars
+#[utoipa::path(get, path = "/apps/{app}/config-vars", tag = "config-vars", responses((status = 200, body = BTreeMap<String, String>)))]
 pub async fn get_vars(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -52,9 +50,11 @@ pub async fn get_vars(
         .await?
         .map(|r| r.config())
         .unwrap_or_default();
-    Ok(json(StatusCode::OK, answer(&cp, &a, &vars)))
+    Ok(json(StatusCode::OK, answer(&cp, &a, vars)))
 }
 
+/// Set (string) or delete (null) config vars; makes a release
+#[utoipa::path(patch, path = "/apps/{app}/config-vars", tag = "config-vars", request_body = BTreeMap<String, Option<String>>, responses((status = 200, body = BTreeMap<String, String>)))]
 pub async fn patch_vars(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -107,7 +107,7 @@ pub async fn patch_vars(
         }
     }
     if vars == before {
-        return Ok(json(StatusCode::OK, answer(&cp, &a, &vars)));
+        return Ok(json(StatusCode::OK, answer(&cp, &a, vars)));
     }
     crate::canary::ensure_none_running(&mut w.tx, &a).await?;
     let mut parts = Vec::new();
@@ -132,5 +132,5 @@ pub async fn patch_vars(
     cp.commit(w, true).await?;
     // Names only: values may be secrets.
     tracing::info!(app = %a.key(), set = ?set, removed = ?removed, "config vars changed");
-    Ok(json(StatusCode::OK, answer(&cp, &a, &vars)))
+    Ok(json(StatusCode::OK, answer(&cp, &a, vars)))
 }

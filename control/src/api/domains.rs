@@ -4,29 +4,63 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::apps::load;
-use super::{Body, find_one, json, paginate, ts};
+use super::{Body, Named, delete_row, find_one, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{AppRow, DomainRow, find_app, new_id, now_us};
 
-fn domain_json(cp: &ControlPlane, a: &AppRow, d: &DomainRow) -> Value {
-    json!({
-        "id": d.id,
-        "hostname": d.hostname,
-        "kind": "custom",
-        "cname": format!("{}.{}", a.key(), cp.settings().domain),
-        "status": "succeeded",
-        "app": {"id": a.id, "name": a.key()},
-        "created_at": ts(d.created_at),
-        "updated_at": ts(d.updated_at),
-    })
+/// A domain of an app: its default one (`kind: heroku`) or a custom one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Domain {
+    pub id: String,
+    pub hostname: String,
+    /// `heroku` (the default domain) or `custom`.
+    pub kind: String,
+    /// Where a custom domain's CNAME points; none for the default domain.
+    pub cname: Option<String>,
+    pub status: String,
+    pub app: Named,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
+fn domain(
+    a: &AppRow,
+    id: &str,
+    hostname: String,
+    cname: Option<String>,
+    (created_at, updated_at): (i64, i64),
+) -> Domain {
+    Domain {
+        id: id.to_owned(),
+        hostname,
+        kind: if cname.is_some() { "custom" } else { "heroku" }.into(),
+        cname,
+        status: "succeeded".into(),
+        app: Named::new(a.id.clone(), a.key()),
+        created_at: time(created_at),
+        updated_at: time(updated_at),
+    }
+}
+
+fn domain_json(cp: &ControlPlane, a: &AppRow, d: &DomainRow) -> Domain {
+    let cname = format!("{}.{}", a.key(), cp.settings().domain);
+    domain(
+        a,
+        &d.id,
+        d.hostname.clone(),
+        Some(cname),
+        (d.created_at, d.updated_at),
+    )
+}
+
+/// List domains (the default one first)
+#[utoipa::path(get, path = "/apps/{app}/domains", tag = "domains", responses((status = 200, body = [Domain])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -38,25 +72,25 @@ pub async fn list(
         .bind(&a.id)
         .fetch_all(cp.store().pool())
         .await?;
-    let mut items = vec![json!({
-        "id": a.id,
-        "hostname": format!("{}.{}", a.key(), cp.settings().domain),
-        "kind": "heroku",
-        "cname": null,
-        "status": "succeeded",
-        "app": {"id": a.id, "name": a.key()},
-        "created_at": ts(a.created_at),
-        "updated_at": ts(a.updated_at),
-    })];
+    let hostname = format!("{}.{}", a.key(), cp.settings().domain);
+    let mut items = vec![domain(
+        &a,
+        &a.id,
+        hostname,
+        None,
+        (a.created_at, a.updated_at),
+    )];
     items.extend(rows.iter().map(|d| domain_json(&cp, &a, d)));
     paginate(&headers, items, &["hostname", "id"])
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateDomain {
     pub hostname: String,
 }
 
+/// Add a custom domain
+#[utoipa::path(post, path = "/apps/{app}/domains", tag = "domains", request_body = CreateDomain, responses((status = 201, body = Domain)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -107,6 +141,8 @@ async fn find(cp: &ControlPlane, a: &AppRow, ident: &str) -> ApiResult<DomainRow
     .await
 }
 
+/// Show a domain
+#[utoipa::path(get, path = "/apps/{app}/domains/{domain}", tag = "domains", responses((status = 200, body = Domain)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -119,6 +155,8 @@ pub async fn info(
     ))
 }
 
+/// Remove a custom domain
+#[utoipa::path(delete, path = "/apps/{app}/domains/{domain}", tag = "domains", responses((status = 200, body = Domain)))]
 pub async fn delete(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -126,11 +164,6 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     let a = load(&cp, &caller, &app).await?;
     let d = find(&cp, &a, &domain).await?;
-    let mut w = cp.begin().await?;
-    sqlx::query("DELETE FROM domains WHERE id = $1")
-        .bind(&d.id)
-        .execute(&mut *w.tx)
-        .await?;
-    cp.commit(w, false).await?;
+    delete_row(&cp, "domains", &d.id, false).await?;
     Ok(json(StatusCode::OK, domain_json(&cp, &a, &d)))
 }

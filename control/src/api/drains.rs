@@ -3,28 +3,42 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::apps::load;
-use super::{Body, find_one, json, paginate, ts};
+use super::{Body, Named, delete_row, find_one, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{AppRow, DrainRow, find_app, new_id, now_us};
 
-fn drain_json(a: &AppRow, d: &DrainRow) -> Value {
-    json!({
-        "id": d.id,
-        "url": d.url,
-        "token": d.token,
-        "addon": null,
-        "app": {"id": a.id, "name": a.key()},
-        "created_at": ts(d.created_at),
-        "updated_at": ts(d.updated_at),
-    })
+/// A log drain: where the shuttle forwards an app's lines.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Drain {
+    pub id: String,
+    pub url: String,
+    pub token: String,
+    pub addon: Option<Named>,
+    pub app: Named,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
+fn drain_json(a: &AppRow, d: &DrainRow) -> Drain {
+    Drain {
+        id: d.id.clone(),
+        url: d.url.clone(),
+        token: d.token.clone(),
+        addon: None,
+        app: Named::new(a.id.clone(), a.key()),
+        created_at: time(d.created_at),
+        updated_at: time(d.updated_at),
+    }
+}
+
+/// List log drains
+#[utoipa::path(get, path = "/apps/{app}/log-drains", tag = "log-drains", responses((status = 200, body = [Drain])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -43,11 +57,13 @@ pub async fn list(
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateDrain {
     pub url: String,
 }
 
+/// Add a log drain (syslog+tls, syslog, https or http URL)
+#[utoipa::path(post, path = "/apps/{app}/log-drains", tag = "log-drains", request_body = CreateDrain, responses((status = 201, body = Drain)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -119,6 +135,8 @@ async fn find(cp: &ControlPlane, a: &AppRow, ident: &str) -> ApiResult<DrainRow>
     .await
 }
 
+/// Show a log drain
+#[utoipa::path(get, path = "/apps/{app}/log-drains/{drain}", tag = "log-drains", responses((status = 200, body = Drain)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -131,6 +149,8 @@ pub async fn info(
     ))
 }
 
+/// Remove a log drain
+#[utoipa::path(delete, path = "/apps/{app}/log-drains/{drain}", tag = "log-drains", responses((status = 200, body = Drain)))]
 pub async fn delete(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -138,11 +158,6 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     let a = load(&cp, &caller, &app).await?;
     let d = find(&cp, &a, &drain).await?;
-    let mut w = cp.begin().await?;
-    sqlx::query("DELETE FROM drains WHERE id = $1")
-        .bind(&d.id)
-        .execute(&mut *w.tx)
-        .await?;
-    cp.commit(w, false).await?;
+    delete_row(&cp, "drains", &d.id, false).await?;
     Ok(json(StatusCode::OK, drain_json(&a, &d)))
 }

@@ -3,38 +3,70 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 use wharf_runtime::DynoStatus;
 use wharf_runtime::RunRequest;
 
 use super::apps::load;
-use super::{Body, json, paginate, ts};
+use super::releases::ReleaseRef;
+use super::{Body, Empty, Named, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{AppRow, FormationRow, new_id, new_secret, now_us, sha256_hex};
 
-fn dyno_json(a: &AppRow, d: &DynoStatus, f: Option<&FormationRow>) -> Value {
-    let state = serde_json::to_value(d.state).unwrap_or(Value::Null);
-    json!({
-        "id": &sha256_hex(&format!("{}/{}/{}", a.id, d.name, d.release))[..32],
-        "name": d.name,
-        "type": d.process_type,
-        "state": state,
-        "command": f.and_then(|f| f.command.clone()).unwrap_or_default(),
-        "size": f.map(|f| f.size.clone()).unwrap_or_else(|| "standard-1x".into()),
-        "release": {"version": d.release},
-        "app": {"id": a.id, "name": a.key()},
-        "address": d.address.map(|x| x.to_string()),
-        "attach_url": null,
-        "created_at": ts(d.updated_at_us),
-        "updated_at": ts(d.updated_at_us),
-    })
+/// A dyno: one process of a release, as the runtime reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Dyno {
+    pub id: String,
+    /// `web.1`, `run.1234`, …
+    pub name: String,
+    #[serde(rename = "type")]
+    pub process_type: String,
+    /// `starting`, `up`, `down`, `crashed`, …
+    pub state: String,
+    pub command: String,
+    pub size: String,
+    /// The release it runs (none for a one-off dyno just started).
+    pub release: Option<ReleaseRef>,
+    pub app: Named,
+    /// Where it listens (web dynos).
+    pub address: Option<String>,
+    /// Where an attached one-off dyno's output is served once.
+    pub attach_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
-async fn dynos_of(cp: &ControlPlane, a: &AppRow) -> ApiResult<Vec<Value>> {
+fn dyno_json(a: &AppRow, d: &DynoStatus, f: Option<&FormationRow>) -> Dyno {
+    let state = serde_json::to_value(d.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Dyno {
+        id: sha256_hex(&format!("{}/{}/{}", a.id, d.name, d.release))[..32].to_owned(),
+        name: d.name.clone(),
+        process_type: d.process_type.clone(),
+        state,
+        command: f.and_then(|f| f.command.clone()).unwrap_or_default(),
+        size: f
+            .map(|f| f.size.clone())
+            .unwrap_or_else(|| "standard-1x".into()),
+        release: Some(ReleaseRef {
+            id: None,
+            version: i64::from(d.release),
+        }),
+        app: Named::new(a.id.clone(), a.key()),
+        address: d.address.map(|x| x.to_string()),
+        attach_url: None,
+        created_at: time(d.updated_at_us),
+        updated_at: time(d.updated_at_us),
+    }
+}
+
+async fn dynos_of(cp: &ControlPlane, a: &AppRow) -> ApiResult<Vec<Dyno>> {
     let formation: Vec<FormationRow> = sqlx::query_as("SELECT * FROM formation WHERE app_id = $1")
         .bind(&a.id)
         .fetch_all(cp.store().pool())
@@ -52,6 +84,8 @@ async fn dynos_of(cp: &ControlPlane, a: &AppRow) -> ApiResult<Vec<Value>> {
         .collect())
 }
 
+/// List dynos (what the runtime reports)
+#[utoipa::path(get, path = "/apps/{app}/dynos", tag = "dynos", responses((status = 200, body = [Dyno])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -62,6 +96,8 @@ pub async fn list(
     paginate(&headers, dynos_of(&cp, &a).await?, &["name", "id"])
 }
 
+/// Show a dyno (by name or id)
+#[utoipa::path(get, path = "/apps/{app}/dynos/{dyno}", tag = "dynos", responses((status = 200, body = Dyno)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -71,11 +107,13 @@ pub async fn info(
     dynos_of(&cp, &a)
         .await?
         .into_iter()
-        .find(|d| d["name"] == dyno.as_str() || d["id"] == dyno.as_str())
+        .find(|d| d.name == dyno || d.id == dyno)
         .map(|d| json(StatusCode::OK, d))
         .ok_or_else(|| ApiError::not_found("dyno", &dyno))
 }
 
+/// Restart every dyno
+#[utoipa::path(delete, path = "/apps/{app}/dynos", tag = "dynos", responses((status = 202, body = Empty)))]
 pub async fn restart_all(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -86,10 +124,11 @@ pub async fn restart_all(
         .restart(&a.key(), None)
         .await
         .map_err(|e| ApiError::Conflict(e.to_string()))?;
-    Ok(json(StatusCode::ACCEPTED, json!({})))
+    Ok(json(StatusCode::ACCEPTED, Empty {}))
 }
 
 /// Restart one dyno (`web.1`) or every dyno of a process type (`web`).
+#[utoipa::path(delete, path = "/apps/{app}/dynos/{dyno}", tag = "dynos", responses((status = 202, body = Empty)))]
 pub async fn restart(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -108,10 +147,10 @@ pub async fn restart(
         .restart(&a.key(), Some(&dyno))
         .await
         .map_err(|e| ApiError::Conflict(e.to_string()))?;
-    Ok(json(StatusCode::ACCEPTED, json!({})))
+    Ok(json(StatusCode::ACCEPTED, Empty {}))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct RunDyno {
     pub command: String,
     #[serde(default)]
@@ -122,8 +161,11 @@ pub struct RunDyno {
     pub size: Option<String>,
 }
 
+/// Run a one-off dyno
+///
 /// `POST /apps/{app}/dynos`: a one-off dyno on the current release. Attached, its output is
 /// served once at the returned `attach_url` (the rendezvous socket).
+#[utoipa::path(post, path = "/apps/{app}/dynos", tag = "dynos", request_body = RunDyno, responses((status = 201, body = Dyno)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -165,18 +207,19 @@ pub async fn create(
     let now = now_us();
     Ok(json(
         StatusCode::CREATED,
-        json!({
-            "id": new_id(),
-            "name": name,
-            "type": "run",
-            "command": body.command,
-            "attach_url": attach_url,
-            "size": body.size.unwrap_or_else(|| "standard-1x".into()),
-            "state": "starting",
-            "app": {"id": a.id, "name": a.key()},
-            "release": null,
-            "created_at": ts(now),
-            "updated_at": ts(now),
-        }),
+        Dyno {
+            id: new_id(),
+            name,
+            process_type: "run".into(),
+            command: body.command,
+            attach_url,
+            size: body.size.unwrap_or_else(|| "standard-1x".into()),
+            state: "starting".into(),
+            app: Named::new(a.id.clone(), a.key()),
+            release: None,
+            address: None,
+            created_at: time(now),
+            updated_at: time(now),
+        },
     ))
 }

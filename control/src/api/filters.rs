@@ -6,11 +6,12 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 
 use super::apps::load;
-use super::{Body, check_name, find_one, json, paginate, ts};
+use super::{Body, Named, check_name, delete_row, find_one, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -27,16 +28,30 @@ const LIST_FIELDS: &[&str] = &[
     "expose_headers",
 ];
 
-fn filter_json(f: &FilterRow) -> Value {
-    json!({
-        "id": f.id,
-        "name": f.name,
-        "type": f.filter_type,
-        "description": f.description,
-        "options": serde_json::from_str::<Value>(&f.options).unwrap_or(Value::Null),
-        "created_at": ts(f.created_at),
-        "updated_at": ts(f.updated_at),
-    })
+/// A filter the router runs before an app: `jwt` or `cors`, with its options.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Filter {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub filter_type: String,
+    pub description: String,
+    /// The options by the router's names (see the module's list).
+    pub options: Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn filter_json(f: &FilterRow) -> Filter {
+    Filter {
+        id: f.id.clone(),
+        name: f.name.clone(),
+        filter_type: f.filter_type.clone(),
+        description: f.description.clone(),
+        options: serde_json::from_str(&f.options).unwrap_or(Value::Null),
+        created_at: time(f.created_at),
+        updated_at: time(f.updated_at),
+    }
 }
 
 /// Normalise options (comma strings → lists) and check them against the config model.
@@ -70,7 +85,7 @@ fn options_of(
     Ok(out)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateFilter {
     pub name: String,
     #[serde(rename = "type")]
@@ -78,9 +93,12 @@ pub struct CreateFilter {
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub options: Map<String, Value>,
 }
 
+/// Create a filter (admin): jwt or cors
+#[utoipa::path(post, path = "/filters", tag = "filters", request_body = CreateFilter, responses((status = 201, body = Filter)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -119,6 +137,8 @@ pub async fn create(
     Ok(json(StatusCode::CREATED, filter_json(&f)))
 }
 
+/// List filters
+#[utoipa::path(get, path = "/filters", tag = "filters", responses((status = 200, body = [Filter])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     _caller: Caller,
@@ -134,6 +154,8 @@ pub async fn list(
     )
 }
 
+/// Show a filter
+#[utoipa::path(get, path = "/filters/{filter}", tag = "filters", responses((status = 200, body = Filter)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     _caller: Caller,
@@ -146,14 +168,17 @@ pub async fn info(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateFilter {
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub options: Option<Map<String, Value>>,
 }
 
+/// Update a filter (admin)
+#[utoipa::path(put, path = "/filters/{filter}", tag = "filters", request_body = UpdateFilter, responses((status = 200, body = Filter)))]
 pub async fn update(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -182,6 +207,7 @@ pub async fn update(
 }
 
 /// Delete a filter; it is detached from every app in the same write.
+#[utoipa::path(delete, path = "/filters/{filter}", tag = "filters", responses((status = 200, body = Filter)))]
 pub async fn delete(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -202,22 +228,33 @@ pub async fn delete(
     Ok(json(StatusCode::OK, filter_json(&f)))
 }
 
-fn attachment_json(a: &AppRow, t: &AttachmentRow) -> Value {
-    json!({
-        "id": t.id,
-        "app": {"id": a.id, "name": a.key()},
-        "filter": {"id": t.filter_id, "name": t.filter_name},
-        "options": {
-            "includes": serde_json::from_str::<Value>(&t.includes).unwrap_or(json!([])),
-            "excludes": serde_json::from_str::<Value>(&t.excludes).unwrap_or(json!([])),
+/// A filter attached to an app, with the path prefixes it covers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Attachment {
+    pub id: String,
+    pub app: Named,
+    pub filter: Named,
+    pub options: AttachOptions,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn attachment_json(a: &AppRow, t: &AttachmentRow) -> Attachment {
+    Attachment {
+        id: t.id.clone(),
+        app: Named::new(a.id.clone(), a.key()),
+        filter: Named::new(t.filter_id.clone(), t.filter_name.clone()),
+        options: AttachOptions {
+            includes: serde_json::from_str(&t.includes).unwrap_or_default(),
+            excludes: serde_json::from_str(&t.excludes).unwrap_or_default(),
         },
-        "created_at": ts(t.created_at),
-        "updated_at": ts(t.updated_at),
-    })
+        created_at: time(t.created_at),
+        updated_at: time(t.updated_at),
+    }
 }
 
 /// `{"id": …}` or `{"name": …}` or a bare string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum FilterRef {
     Name(String),
@@ -229,7 +266,7 @@ pub enum FilterRef {
     },
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachOptions {
     #[serde(default)]
@@ -238,7 +275,7 @@ pub struct AttachOptions {
     pub excludes: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct Attach {
     pub filter: FilterRef,
     #[serde(default)]
@@ -257,6 +294,8 @@ fn check_prefixes(o: &AttachOptions) -> ApiResult<()> {
     Ok(())
 }
 
+/// Attach a filter to an app
+#[utoipa::path(post, path = "/apps/{app}/filters", tag = "filters", request_body = Attach, responses((status = 201, body = Attachment)))]
 pub async fn attach(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -311,6 +350,8 @@ pub async fn attach(
     Ok(json(StatusCode::CREATED, attachment_json(&a, &t)))
 }
 
+/// List an app's filter attachments
+#[utoipa::path(get, path = "/apps/{app}/filters", tag = "filters", responses((status = 200, body = [Attachment])))]
 pub async fn list_attachments(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -341,6 +382,8 @@ async fn find_attachment(cp: &ControlPlane, a: &AppRow, ident: &str) -> ApiResul
     .await
 }
 
+/// Show a filter attachment (by id or filter name)
+#[utoipa::path(get, path = "/apps/{app}/filters/{attachment}", tag = "filters", responses((status = 200, body = Attachment)))]
 pub async fn attachment_info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -353,12 +396,14 @@ pub async fn attachment_info(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateAttachment {
     #[serde(default)]
     pub options: AttachOptions,
 }
 
+/// Change an attachment's path includes and excludes
+#[utoipa::path(put, path = "/apps/{app}/filters/{attachment}", tag = "filters", request_body = UpdateAttachment, responses((status = 200, body = Attachment)))]
 pub async fn update_attachment(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -385,6 +430,8 @@ pub async fn update_attachment(
     Ok(json(StatusCode::OK, attachment_json(&a, &t)))
 }
 
+/// Detach a filter from an app
+#[utoipa::path(delete, path = "/apps/{app}/filters/{attachment}", tag = "filters", responses((status = 200, body = Attachment)))]
 pub async fn detach(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -392,11 +439,6 @@ pub async fn detach(
 ) -> ApiResult<Response> {
     let a = load(&cp, &caller, &app).await?;
     let t = find_attachment(&cp, &a, &attachment).await?;
-    let mut w = cp.begin().await?;
-    sqlx::query("DELETE FROM attachments WHERE id = $1")
-        .bind(&t.id)
-        .execute(&mut *w.tx)
-        .await?;
-    cp.commit(w, false).await?;
+    delete_row(&cp, "attachments", &t.id, false).await?;
     Ok(json(StatusCode::OK, attachment_json(&a, &t)))
 }

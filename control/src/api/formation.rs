@@ -4,13 +4,14 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::AnyConnection;
+use utoipa::ToSchema;
 use wharf_config::{DYNO_SIZES, HealthCheck};
 
 use super::apps::load;
-use super::{Body, check_name, find_one, json, paginate, ts};
+use super::{Body, Named, check_name, delete_row, find_one, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -19,37 +20,54 @@ use crate::store::{AppRow, FormationRow, find_app, new_id, now_us};
 /// Most dynos of one process type.
 pub const MAX_QUANTITY: i64 = 100;
 
-pub(crate) fn formation_json(a: &AppRow, f: &FormationRow) -> Value {
+/// A process type of an app: how many dynos of which size run which command.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Formation {
+    pub id: String,
+    pub app: Named,
+    #[serde(rename = "type")]
+    pub process_type: String,
+    pub quantity: i64,
+    pub size: String,
+    pub command: Option<String>,
+    pub port: Option<i64>,
+    /// The HTTP check's path, `tcp`, or none.
+    pub healthcheck: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub(crate) fn formation_json(a: &AppRow, f: &FormationRow) -> Formation {
     let hc: Option<HealthCheck> = f
         .health_check
         .as_deref()
         .and_then(|h| serde_json::from_str(h).ok());
-    let healthcheck = match hc {
-        Some(HealthCheck::Http { path }) => Value::String(path),
-        Some(HealthCheck::Tcp) => Value::String("tcp".into()),
-        None => Value::Null,
-    };
-    json!({
-        "id": f.id,
-        "app": {"id": a.id, "name": a.key()},
-        "type": f.process_type,
-        "quantity": f.quantity,
-        "size": f.size,
-        "command": f.command,
-        "port": f.port,
-        "healthcheck": healthcheck,
-        "created_at": ts(f.created_at),
-        "updated_at": ts(f.updated_at),
-    })
+    Formation {
+        id: f.id.clone(),
+        app: Named::new(a.id.clone(), a.key()),
+        process_type: f.process_type.clone(),
+        quantity: f.quantity,
+        size: f.size.clone(),
+        command: f.command.clone(),
+        port: f.port,
+        healthcheck: hc.map(|hc| match hc {
+            HealthCheck::Http { path } => path,
+            HealthCheck::Tcp => "tcp".into(),
+        }),
+        created_at: time(f.created_at),
+        updated_at: time(f.updated_at),
+    }
 }
 
 /// One formation change. `quantity` may be a number or a string (the Heroku CLI sends "2").
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FormationUpdate {
     #[serde(default, rename = "type")]
     pub process_type: Option<String>,
+    /// A whole number, or one as a string.
     #[serde(default)]
+    #[schema(value_type = Option<i64>)]
     pub quantity: Option<Value>,
     #[serde(default)]
     pub size: Option<String>,
@@ -202,6 +220,8 @@ async fn apply(
     Ok(f)
 }
 
+/// List process types
+#[utoipa::path(get, path = "/apps/{app}/formation", tag = "formation", responses((status = 200, body = [Formation])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -231,6 +251,8 @@ async fn find(cp: &ControlPlane, a: &AppRow, ptype: &str) -> ApiResult<Formation
     .await
 }
 
+/// Show a process type
+#[utoipa::path(get, path = "/apps/{app}/formation/{ptype}", tag = "formation", responses((status = 200, body = Formation)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -243,12 +265,14 @@ pub async fn info(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
     pub updates: Vec<FormationUpdate>,
 }
 
+/// Batch update process types
+#[utoipa::path(patch, path = "/apps/{app}/formation", tag = "formation", request_body = Batch, responses((status = 200, body = [Formation])))]
 pub async fn batch(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -269,10 +293,14 @@ pub async fn batch(
     cp.commit(w, true).await?;
     Ok(json(
         StatusCode::OK,
-        Value::Array(out.iter().map(|f| formation_json(&a, f)).collect()),
+        out.iter()
+            .map(|f| formation_json(&a, f))
+            .collect::<Vec<_>>(),
     ))
 }
 
+/// Scale or change a process type (created when missing)
+#[utoipa::path(patch, path = "/apps/{app}/formation/{ptype}", tag = "formation", request_body = FormationUpdate, responses((status = 200, body = Formation)))]
 pub async fn update(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -287,6 +315,8 @@ pub async fn update(
     Ok(json(StatusCode::OK, formation_json(&a, &f)))
 }
 
+/// Remove a process type
+#[utoipa::path(delete, path = "/apps/{app}/formation/{ptype}", tag = "formation", responses((status = 200, body = Formation)))]
 pub async fn delete(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -295,11 +325,6 @@ pub async fn delete(
     let a = load(&cp, &caller, &app).await?;
     let f = find(&cp, &a, &ptype).await?;
     check_prod_zero(&caller, &a, &f.process_type)?;
-    let mut w = cp.begin().await?;
-    sqlx::query("DELETE FROM formation WHERE id = $1")
-        .bind(&f.id)
-        .execute(&mut *w.tx)
-        .await?;
-    cp.commit(w, true).await?;
+    delete_row(&cp, "formation", &f.id, true).await?;
     Ok(json(StatusCode::OK, formation_json(&a, &f)))
 }

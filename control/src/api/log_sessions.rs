@@ -10,11 +10,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::apps::load;
-use super::{Body, json, ts};
+use super::{Body, json, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -24,7 +24,7 @@ use crate::store::{LogSessionRow, new_id, new_secret, now_us, sha256_hex};
 /// Most history lines one session may ask for.
 pub const MAX_LINES: i64 = 1500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateSession {
     #[serde(default)]
     pub lines: Option<i64>,
@@ -34,6 +34,15 @@ pub struct CreateSession {
     pub dyno: Option<String>,
     #[serde(default)]
     pub source: Option<String>,
+}
+
+/// A log session: the URL streams the app's lines with its own credential.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogSession {
+    pub id: String,
+    pub logplex_url: String,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
 fn base_url(cp: &ControlPlane, headers: &HeaderMap) -> String {
@@ -51,6 +60,8 @@ fn base_url(cp: &ControlPlane, headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
+/// Create a log session (a URL with its own credential)
+#[utoipa::path(post, path = "/apps/{app}/log-sessions", tag = "log-sessions", request_body = CreateSession, responses((status = 201, body = LogSession)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -113,12 +124,12 @@ pub async fn create(
     );
     Ok(json(
         StatusCode::CREATED,
-        json!({
-            "id": row.id,
-            "logplex_url": url,
-            "created_at": ts(now),
-            "updated_at": ts(now),
-        }),
+        LogSession {
+            id: row.id,
+            logplex_url: url,
+            created_at: time(now),
+            updated_at: time(now),
+        },
     ))
 }
 
@@ -129,7 +140,12 @@ fn token_of(query: Option<&str>) -> Option<String> {
     })
 }
 
+/// Stream a log session (Server-Sent Events; credential in ?token=)
+///
 /// `GET /log-sessions/{id}?token=…`: the stream (history, then the tail when asked).
+#[utoipa::path(get, path = "/log-sessions/{session}", tag = "log-sessions", security(()),
+    params(("token" = String, Query, description = "The session's credential, from its logplex_url")),
+    responses((status = 200, description = "`data:` lines in logplex text format", body = String, content_type = "text/event-stream")))]
 pub async fn stream(
     State(cp): State<ControlPlane>,
     Path(id): Path<String>,

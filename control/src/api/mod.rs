@@ -29,158 +29,111 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::ControlPlane;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::store::rfc3339;
+use crate::{ControlPlane, audit, canary, openapi};
 
-/// Every route of the API.
-pub fn router(cp: ControlPlane) -> Router {
-    Router::new()
-        .route("/account", get(tokens::account))
-        .route("/tokens", get(tokens::list).post(tokens::create))
-        .route("/tokens/{token}", get(tokens::info).delete(tokens::delete))
-        .route("/spaces", get(spaces::list).post(spaces::create))
-        .route("/spaces/{space}", get(spaces::info).delete(spaces::delete))
-        .route("/apps", get(apps::list).post(apps::create))
-        .route("/users/{user}/apps", get(apps::list))
-        .route(
-            "/apps/{app}",
-            get(apps::info).patch(apps::update).delete(apps::delete),
-        )
-        .route(
-            "/apps/{app}/config-vars",
-            get(config_vars::get_vars).patch(config_vars::patch_vars),
-        )
-        .route(
-            "/apps/{app}/releases",
-            get(releases::list).post(releases::create),
-        )
-        .route("/apps/{app}/releases/{release}", get(releases::info))
-        .route(
-            "/apps/{app}/releases/{release}/statuses",
-            get(releases::list_statuses).post(releases::create_status),
-        )
-        .route(
-            "/apps/{app}/formation",
-            get(formation::list).patch(formation::batch),
-        )
-        .route(
-            "/apps/{app}/formation/{ptype}",
-            get(formation::info)
-                .patch(formation::update)
-                .delete(formation::delete),
-        )
-        .route(
-            "/apps/{app}/dynos",
-            get(dynos::list)
-                .post(dynos::create)
-                .delete(dynos::restart_all),
-        )
-        .route(
-            "/apps/{app}/dynos/{dyno}",
-            get(dynos::info).delete(dynos::restart),
-        )
-        .route("/apps/{app}/builds", get(builds::list).post(builds::create))
-        .route("/apps/{app}/builds/{build}", get(builds::info))
-        .route("/apps/{app}/build-output", post(build_output::create))
-        .route(
-            "/apps/{app}/domains",
-            get(domains::list).post(domains::create),
-        )
-        .route(
-            "/apps/{app}/domains/{domain}",
-            get(domains::info).delete(domains::delete),
-        )
-        .route(
-            "/apps/{app}/log-drains",
-            get(drains::list).post(drains::create),
-        )
-        .route(
-            "/apps/{app}/log-drains/{drain}",
-            get(drains::info).delete(drains::delete),
-        )
-        .route("/apps/{app}/log-sessions", post(log_sessions::create))
-        .route("/log-sessions/{session}", get(log_sessions::stream))
-        .route("/apps/{app}/routes", get(routes::list_for_app))
-        .route(
-            "/apps/{app}/filters",
-            get(filters::list_attachments).post(filters::attach),
-        )
-        .route(
-            "/apps/{app}/filters/{attachment}",
-            get(filters::attachment_info)
-                .put(filters::update_attachment)
-                .delete(filters::detach),
-        )
-        .route("/sites", get(sites::list).post(sites::create))
-        .route(
-            "/sites/{site}",
-            get(sites::info).patch(sites::update).delete(sites::delete),
-        )
-        .route("/sites/{site}/routes", get(routes::list_for_site))
-        .route("/routes", get(routes::list).post(routes::create))
-        .route("/routes/{route}", get(routes::info).delete(routes::delete))
-        .route("/filters", get(filters::list).post(filters::create))
-        .route(
-            "/filters/{filter}",
-            get(filters::info)
-                .put(filters::update)
-                .delete(filters::delete),
-        )
-        .route(
-            "/certificates",
-            get(certificates::list).post(certificates::create),
-        )
-        .route(
-            "/certificates/{cert}",
-            get(certificates::info).delete(certificates::delete),
-        )
-        .route("/pipelines", get(pipelines::list).post(pipelines::create))
-        .route(
-            "/pipelines/{pipeline}",
-            get(pipelines::info)
-                .patch(pipelines::update)
-                .delete(pipelines::delete),
-        )
-        .route(
-            "/pipelines/{pipeline}/pipeline-couplings",
-            get(pipelines::list_couplings),
-        )
-        .route(
-            "/pipelines/{pipeline}/promotions",
-            get(pipelines::list_promotions),
-        )
-        .route("/pipeline-couplings", post(pipelines::couple))
-        .route(
-            "/pipeline-couplings/{coupling}",
-            get(pipelines::coupling_info).delete(pipelines::uncouple),
-        )
-        .route("/pipeline-promotions", post(pipelines::promote))
-        .route(
-            "/pipeline-promotions/{promotion}",
-            get(pipelines::promotion_info),
-        )
-        .route(
-            "/apps/{app}/canary-settings",
-            get(crate::canary::get_settings).put(crate::canary::put_settings),
-        )
-        .route("/apps/{app}/canary", get(crate::canary::info))
-        .route("/apps/{app}/canary/promote", post(crate::canary::promote))
-        .route("/apps/{app}/canary/abort", post(crate::canary::abort))
-        .route("/audit", get(crate::audit::list))
-        .route_layer(axum::middleware::from_fn_with_state(
+/// Every operation of the API, each mounted and documented in one act: `routes!` takes the
+/// method and path from the handler's `#[utoipa::path]`, so the router and the OpenAPI document
+/// cannot drift. Nothing is mounted with a bare `route` (a test reads the source for it).
+pub fn routes(cp: Option<&ControlPlane>) -> OpenApiRouter<ControlPlane> {
+    let audited = audited();
+    let audited = match cp {
+        Some(cp) => audited.route_layer(axum::middleware::from_fn_with_state(
             cp.clone(),
             crate::audit::layer,
+        )),
+        None => audited,
+    };
+    audited.merge(
+        OpenApiRouter::new()
+            .routes(routes!(snapshot::poll))
+            .routes(routes!(openapi::serve))
+            .routes(routes!(metrics)),
+    )
+}
+
+/// The operations the audit layer watches (every one but the snapshot, the document and metrics).
+fn audited() -> OpenApiRouter<ControlPlane> {
+    OpenApiRouter::new()
+        .routes(routes!(tokens::account))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::info, tokens::delete))
+        .routes(routes!(spaces::list, spaces::create))
+        .routes(routes!(spaces::info, spaces::delete))
+        .routes(routes!(apps::list, apps::create))
+        .routes(routes!(apps::list_for_user))
+        .routes(routes!(apps::info, apps::update, apps::delete))
+        .routes(routes!(config_vars::get_vars, config_vars::patch_vars))
+        .routes(routes!(releases::list, releases::create))
+        .routes(routes!(releases::info))
+        .routes(routes!(releases::list_statuses, releases::create_status))
+        .routes(routes!(formation::list, formation::batch))
+        .routes(routes!(
+            formation::info,
+            formation::update,
+            formation::delete
         ))
-        .route("/v1/snapshot", get(snapshot::poll))
-        .route("/openapi.json", get(crate::openapi::serve))
-        .route("/metrics", get(metrics))
+        .routes(routes!(dynos::list, dynos::create, dynos::restart_all))
+        .routes(routes!(dynos::info, dynos::restart))
+        .routes(routes!(builds::list, builds::create))
+        .routes(routes!(builds::info))
+        .routes(routes!(build_output::create))
+        .routes(routes!(domains::list, domains::create))
+        .routes(routes!(domains::info, domains::delete))
+        .routes(routes!(drains::list, drains::create))
+        .routes(routes!(drains::info, drains::delete))
+        .routes(routes!(log_sessions::create))
+        .routes(routes!(log_sessions::stream))
+        .routes(routes!(routes::list_for_app))
+        .routes(routes!(filters::list_attachments, filters::attach))
+        .routes(routes!(
+            filters::attachment_info,
+            filters::update_attachment,
+            filters::detach
+        ))
+        .routes(routes!(sites::list, sites::create))
+        .routes(routes!(sites::info, sites::update, sites::delete))
+        .routes(routes!(routes::list_for_site))
+        .routes(routes!(routes::list, routes::create))
+        .routes(routes!(routes::info, routes::delete))
+        .routes(routes!(filters::list, filters::create))
+        .routes(routes!(filters::info, filters::update, filters::delete))
+        .routes(routes!(certificates::list, certificates::create))
+        .routes(routes!(certificates::info, certificates::delete))
+        .routes(routes!(pipelines::list, pipelines::create))
+        .routes(routes!(
+            pipelines::info,
+            pipelines::update,
+            pipelines::delete
+        ))
+        .routes(routes!(pipelines::list_couplings))
+        .routes(routes!(pipelines::list_promotions))
+        .routes(routes!(pipelines::couple))
+        .routes(routes!(pipelines::coupling_info, pipelines::uncouple))
+        .routes(routes!(pipelines::promote))
+        .routes(routes!(pipelines::promotion_info))
+        .routes(routes!(canary::get_settings, canary::put_settings))
+        .routes(routes!(canary::info))
+        .routes(routes!(canary::promote))
+        .routes(routes!(canary::abort))
+        .routes(routes!(audit::list))
+}
+
+/// The API with its document at `/openapi.json`, the JSON fallbacks and the NUL check.
+pub fn router(cp: ControlPlane) -> Router {
+    let (router, doc) = routes(Some(&cp)).split_for_parts();
+    let doc = std::sync::Arc::new(openapi::finish(doc));
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(doc))
         .layer(axum::middleware::from_fn(reject_nul))
         .with_state(cp)
 }
@@ -205,6 +158,8 @@ fn has_nul(v: &Value) -> bool {
 }
 
 /// Prometheus text exposition of the control plane's metrics (no token: scrapers have none).
+#[utoipa::path(get, path = "/metrics", tag = "meta", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(axum::extract::State(cp): axum::extract::State<ControlPlane>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -218,8 +173,10 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> Response {
-    let body = serde_json::json!({"id": "method_not_allowed", "message": "Method not allowed on this endpoint."});
-    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+    json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorBody::new("method_not_allowed", "Method not allowed on this endpoint."),
+    )
 }
 
 /// A JSON request body: malformed JSON is 400, a wrong shape 422. An empty body reads as `{}`.
@@ -249,6 +206,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// Delete the row `id` of `table` in one write (the snapshot follows; `converge` tells the
+/// runtime to converge too).
+pub(crate) async fn delete_row(
+    cp: &ControlPlane,
+    table: &str,
+    id: &str,
+    converge: bool,
+) -> ApiResult<()> {
+    let mut w = cp.begin().await?;
+    sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
+    cp.commit(w, converge).await
+}
+
 /// `200` (or `201`) with a JSON body.
 /// The one row `sql` selects with `binds` as `$1`, `$2`, …, or a 404 naming `what` and `ident`.
 pub async fn find_one<T>(
@@ -270,12 +243,39 @@ where
         .ok_or_else(|| ApiError::not_found(what, ident))
 }
 
-pub fn json(status: StatusCode, v: Value) -> Response {
+pub fn json(status: StatusCode, v: impl Serialize) -> Response {
     (status, axum::Json(v)).into_response()
 }
 
-pub fn ts(us: i64) -> Value {
-    Value::String(rfc3339(us))
+/// A store timestamp (microseconds) as the RFC 3339 text the API answers with.
+pub fn time(us: i64) -> String {
+    rfc3339(us)
+}
+
+/// An empty object: the answer of an accepted request with nothing to tell.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Empty {}
+
+/// The `{id}` of a related resource.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Id {
+    pub id: String,
+}
+
+/// The `{id, name}` a resource gives of a related one (its app, space, pipeline, …).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Named {
+    pub id: String,
+    pub name: String,
+}
+
+impl Named {
+    pub fn new(id: impl Into<String>, name: impl Into<String>) -> Self {
+        Named {
+            id: id.into(),
+            name: name.into(),
+        }
+    }
 }
 
 /// A parsed `Range: <field> [\]]<start>..[<end>][; max=N[, order=asc|desc]]`.
@@ -375,11 +375,16 @@ fn cmp_bound(v: &Value, bound: &str) -> Ordering {
 
 /// Answer a list the way Heroku does: sorted by the Range field, at most `max` items, `206` and
 /// `Next-Range` only when more remain.
-pub fn paginate(
+pub fn paginate<T: Serialize>(
     headers: &HeaderMap,
-    mut items: Vec<Value>,
+    items: Vec<T>,
     fields: &[&str],
 ) -> ApiResult<Response> {
+    let mut items = items
+        .into_iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let range = match headers.get(header::RANGE) {
         Some(v) => parse_range(
             v.to_str()

@@ -17,8 +17,10 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, FromRow};
+use utoipa::ToSchema;
 
-use super::{Body, check_name, json, paginate, ts};
+use super::releases::ReleaseRef;
+use super::{Body, Named, check_name, json, paginate, time};
 use crate::audit::{Actor, Change};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -82,7 +84,7 @@ pub struct PromotionRow {
 }
 
 /// One target's outcome, kept in `promotions.results`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TargetResult {
     pub app: String,
     pub release: String,
@@ -91,46 +93,117 @@ pub struct TargetResult {
     pub status: String,
 }
 
-fn pipeline_json(p: &PipelineRow) -> Value {
-    json!({
-        "id": p.id,
-        "name": p.name,
-        "required_checks": p.required_checks(),
-        "created_at": ts(p.created_at),
-        "updated_at": ts(p.updated_at),
-    })
+/// A pipeline and the status checks a promotion requires.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Pipeline {
+    pub id: String,
+    pub name: String,
+    pub required_checks: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
-fn coupling_json(c: &CouplingRow, p: &PipelineRow, a: &AppRow) -> Value {
-    json!({
-        "id": c.id,
-        "stage": c.stage,
-        "pipeline": {"id": p.id, "name": p.name},
-        "app": {"id": a.id, "name": a.key()},
-        "space": {"name": a.space_name, "compliance": a.compliance()},
-        "created_at": ts(c.created_at),
-        "updated_at": ts(c.updated_at),
-    })
+/// An app coupled to a pipeline at a stage.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Coupling {
+    pub id: String,
+    /// review, development, staging, canary or production.
+    pub stage: String,
+    pub pipeline: Named,
+    pub app: Named,
+    pub space: CouplingSpace,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
-fn promotion_json(p: &PromotionRow, pipeline: &str, source_app: &str) -> Value {
+/// The space of a coupled app.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CouplingSpace {
+    pub name: String,
+    pub compliance: Vec<String>,
+}
+
+/// A promotion of a release's artifact to the apps of a stage.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Promotion {
+    pub id: String,
+    pub pipeline: Named,
+    pub source: PromotionSource,
+    pub from_stage: String,
+    pub to_stage: String,
+    /// How many apps it targets.
+    pub targets: usize,
+    /// pending, succeeded or failed.
+    pub state: String,
+    pub results: Vec<TargetResult>,
+    pub error: Option<String>,
+    pub user: PromotionUser,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The app and release a promotion copies from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PromotionSource {
+    pub app: Named,
+    pub release: ReleaseRef,
+}
+
+/// Who promoted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PromotionUser {
+    pub email: String,
+}
+
+fn pipeline_json(p: &PipelineRow) -> Pipeline {
+    Pipeline {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        required_checks: p.required_checks(),
+        created_at: time(p.created_at),
+        updated_at: time(p.updated_at),
+    }
+}
+
+fn coupling_json(c: &CouplingRow, p: &PipelineRow, a: &AppRow) -> Coupling {
+    Coupling {
+        id: c.id.clone(),
+        stage: c.stage.clone(),
+        pipeline: Named::new(p.id.clone(), p.name.clone()),
+        app: Named::new(a.id.clone(), a.key()),
+        space: CouplingSpace {
+            name: a.space_name.clone(),
+            compliance: a.compliance(),
+        },
+        created_at: time(c.created_at),
+        updated_at: time(c.updated_at),
+    }
+}
+
+fn promotion_json(p: &PromotionRow, pipeline: &str, source_app: &str) -> Promotion {
     let targets: Vec<String> = serde_json::from_str(&p.targets).unwrap_or_default();
-    let results: Vec<TargetResult> = serde_json::from_str(&p.results).unwrap_or_default();
-    json!({
-        "id": p.id,
-        "pipeline": {"id": p.pipeline_id, "name": pipeline},
-        "source": {"app": {"id": p.source_app_id, "name": source_app},
-                   "release": {"id": p.source_release_id, "version": p.source_version}},
-        "from_stage": p.from_stage,
-        "to_stage": p.to_stage,
-        "targets": targets.len(),
-        "state": p.state,
-        "results": results,
-        "error": p.error,
-        "user": {"email": p.user_email},
-        "created_at": ts(p.created_at),
-        "updated_at": ts(p.updated_at),
-    })
+    Promotion {
+        id: p.id.clone(),
+        pipeline: Named::new(p.pipeline_id.clone(), pipeline),
+        source: PromotionSource {
+            app: Named::new(p.source_app_id.clone(), source_app),
+            release: ReleaseRef {
+                id: Some(p.source_release_id.clone()),
+                version: p.source_version,
+            },
+        },
+        from_stage: p.from_stage.clone(),
+        to_stage: p.to_stage.clone(),
+        targets: targets.len(),
+        state: p.state.clone(),
+        results: serde_json::from_str(&p.results).unwrap_or_default(),
+        error: p.error.clone(),
+        user: PromotionUser {
+            email: p.user_email.clone(),
+        },
+        created_at: time(p.created_at),
+        updated_at: time(p.updated_at),
+    }
 }
 
 pub async fn find_pipeline(c: &mut AnyConnection, ident: &str) -> ApiResult<PipelineRow> {
@@ -156,7 +229,7 @@ fn check_contexts(checks: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePipeline {
     pub name: String,
@@ -164,6 +237,8 @@ pub struct CreatePipeline {
     pub required_checks: Vec<String>,
 }
 
+/// Create a pipeline (admin) with the status checks a promotion requires
+#[utoipa::path(post, path = "/pipelines", tag = "pipelines", request_body = CreatePipeline, responses((status = 201, body = Pipeline)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -199,6 +274,8 @@ pub async fn create(
     Ok(json(StatusCode::CREATED, pipeline_json(&p)))
 }
 
+/// List pipelines
+#[utoipa::path(get, path = "/pipelines", tag = "pipelines", responses((status = 200, body = [Pipeline])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     _caller: Caller,
@@ -214,6 +291,8 @@ pub async fn list(
     )
 }
 
+/// Show a pipeline
+#[utoipa::path(get, path = "/pipelines/{pipeline}", tag = "pipelines", responses((status = 200, body = Pipeline)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     _caller: Caller,
@@ -224,13 +303,15 @@ pub async fn info(
     Ok(json(StatusCode::OK, pipeline_json(&p)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePipeline {
     #[serde(default)]
     pub required_checks: Option<Vec<String>>,
 }
 
+/// Change a pipeline's required checks (admin)
+#[utoipa::path(patch, path = "/pipelines/{pipeline}", tag = "pipelines", request_body = UpdatePipeline, responses((status = 200, body = Pipeline)))]
 pub async fn update(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -256,6 +337,8 @@ pub async fn update(
     Ok(json(StatusCode::OK, pipeline_json(&p)))
 }
 
+/// Delete a pipeline, its couplings and promotions (admin)
+#[utoipa::path(delete, path = "/pipelines/{pipeline}", tag = "pipelines", responses((status = 200, body = Pipeline)))]
 pub async fn delete(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -275,7 +358,7 @@ pub async fn delete(
     Ok(json(StatusCode::OK, pipeline_json(&p)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCoupling {
     pub pipeline: String,
@@ -283,6 +366,8 @@ pub struct CreateCoupling {
     pub stage: String,
 }
 
+/// Add an app to a pipeline at a stage
+#[utoipa::path(post, path = "/pipeline-couplings", tag = "pipelines", request_body = CreateCoupling, responses((status = 201, body = Coupling)))]
 pub async fn couple(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -335,6 +420,8 @@ async fn couplings_of(c: &mut AnyConnection, pipeline_id: &str) -> ApiResult<Vec
     )
 }
 
+/// List a pipeline's apps and their stages
+#[utoipa::path(get, path = "/pipelines/{pipeline}/pipeline-couplings", tag = "pipelines", responses((status = 200, body = [Coupling])))]
 pub async fn list_couplings(
     State(cp): State<ControlPlane>,
     _caller: Caller,
@@ -359,6 +446,8 @@ async fn find_coupling(c: &mut AnyConnection, ident: &str) -> ApiResult<Coupling
         .ok_or_else(|| ApiError::not_found("pipeline coupling", ident))
 }
 
+/// Show a coupling
+#[utoipa::path(get, path = "/pipeline-couplings/{coupling}", tag = "pipelines", responses((status = 200, body = Coupling)))]
 pub async fn coupling_info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -372,6 +461,8 @@ pub async fn coupling_info(
     Ok(json(StatusCode::OK, coupling_json(&k, &p, &a)))
 }
 
+/// Remove an app from its pipeline
+#[utoipa::path(delete, path = "/pipeline-couplings/{coupling}", tag = "pipelines", responses((status = 200, body = Coupling)))]
 pub async fn uncouple(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -429,7 +520,7 @@ pub async fn blocking_checks(
     Ok(blocking)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePromotion {
     pub pipeline: String,
@@ -443,6 +534,8 @@ pub struct CreatePromotion {
     pub to: Option<String>,
 }
 
+/// Promote a release's artifact to every app of the next stage: 409 naming the checks that block it; all targets or none
+#[utoipa::path(post, path = "/pipeline-promotions", tag = "pipelines", request_body = CreatePromotion, responses((status = 201, body = Promotion)))]
 pub async fn promote(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -753,6 +846,8 @@ pub async fn resume_pending(cp: &ControlPlane) -> ApiResult<usize> {
     Ok(pending.len())
 }
 
+/// Show a promotion (pending, succeeded or failed, with each target's release)
+#[utoipa::path(get, path = "/pipeline-promotions/{promotion}", tag = "pipelines", responses((status = 200, body = Promotion)))]
 pub async fn promotion_info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -777,6 +872,8 @@ pub async fn promotion_info(
     ))
 }
 
+/// List a pipeline's promotions
+#[utoipa::path(get, path = "/pipelines/{pipeline}/promotions", tag = "pipelines", responses((status = 200, body = [Promotion])))]
 pub async fn list_promotions(
     State(cp): State<ControlPlane>,
     _caller: Caller,

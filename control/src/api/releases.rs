@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
+use utoipa::ToSchema;
 
-use super::apps::load;
-use super::{Body, json, paginate, ts};
+use super::apps::{Owner, load};
+use super::{Body, Id, Named, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -21,24 +22,61 @@ use crate::store::{
     now_us,
 };
 
-pub(crate) fn release_json(a: &AppRow, r: &ReleaseRow, current: bool) -> Value {
-    json!({
-        "id": r.id,
-        "version": r.version,
-        "description": r.description,
-        "status": r.status,
-        "current": current,
-        "eligible_for_rollback": true,
-        "app": {"id": a.id, "name": a.key()},
-        "user": {"id": r.user_email, "email": r.user_email},
-        "slug": r.build_id.as_ref().map(|b| json!({"id": b})),
-        "artifact": r.artifact.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
-        "outcome": r.outcome.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()),
-        "addon_plan_names": [],
-        "output_stream_url": null,
-        "created_at": ts(r.created_at),
-        "updated_at": ts(r.updated_at),
-    })
+/// A release: `vN` of an app's ledger, an artifact with its config.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Release {
+    pub id: String,
+    pub version: i64,
+    pub description: String,
+    /// `succeeded`, `pending` (held for checks), `canary`, `failed`, …
+    pub status: String,
+    /// Whether it is the one running.
+    pub current: bool,
+    pub eligible_for_rollback: bool,
+    pub app: Named,
+    pub user: Owner,
+    /// The build it deploys.
+    pub slug: Option<Id>,
+    /// The artifact: `{"slug": dir}`, `{"image": ref}` or `{"command": cmd}`.
+    pub artifact: Option<Value>,
+    /// How a canary or a held release ended.
+    pub outcome: Option<Value>,
+    pub addon_plan_names: Vec<String>,
+    pub output_stream_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A release named by version (and id where known).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleaseRef {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub version: i64,
+}
+
+pub(crate) fn release_json(a: &AppRow, r: &ReleaseRow, current: bool) -> Release {
+    let parse = |s: &Option<String>| s.as_deref().and_then(|s| serde_json::from_str(s).ok());
+    Release {
+        id: r.id.clone(),
+        version: r.version,
+        description: r.description.clone(),
+        status: r.status.clone(),
+        current,
+        eligible_for_rollback: true,
+        app: Named::new(a.id.clone(), a.key()),
+        user: Owner {
+            id: r.user_email.clone(),
+            email: r.user_email.clone(),
+        },
+        slug: r.build_id.as_ref().map(|b| Id { id: b.clone() }),
+        artifact: parse(&r.artifact),
+        outcome: parse(&r.outcome),
+        addon_plan_names: Vec::new(),
+        output_stream_url: None,
+        created_at: time(r.created_at),
+        updated_at: time(r.updated_at),
+    }
 }
 
 /// Append the next release of `app_id`; returns it.
@@ -87,6 +125,8 @@ pub(crate) async fn append_release(
     Ok(r)
 }
 
+/// List releases
+#[utoipa::path(get, path = "/apps/{app}/releases", tag = "releases", responses((status = 200, body = [Release])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -107,10 +147,12 @@ pub async fn list(
     let items = rows
         .iter()
         .map(|r| release_json(&a, r, r.version == newest))
-        .collect();
+        .collect::<Vec<_>>();
     paginate(&headers, items, &["version", "id", "created_at"])
 }
 
+/// Show a release (id, N or vN)
+#[utoipa::path(get, path = "/apps/{app}/releases/{release}", tag = "releases", responses((status = 200, body = Release)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -124,7 +166,7 @@ pub async fn info(
     Ok(json(StatusCode::OK, release_json(&a, &r, is_current)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateRelease {
     /// Roll back to this release (id, `vN` or N).
     #[serde(default)]
@@ -136,6 +178,8 @@ pub struct CreateRelease {
     pub description: Option<String>,
 }
 
+/// Roll back (release) or deploy a build (slug)
+#[utoipa::path(post, path = "/apps/{app}/releases", tag = "releases", request_body = CreateRelease, responses((status = 201, body = Release)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -330,19 +374,37 @@ async fn settle_held(c: &mut AnyConnection, a: &AppRow, r: &ReleaseRow) -> ApiRe
     Ok("succeeded")
 }
 
-fn status_json(s: &StatusRow) -> Value {
-    json!({
-        "id": s.id,
-        "release": {"id": s.release_id},
-        "context": s.context,
-        "state": s.state,
-        "description": s.description,
-        "target_url": s.target_url,
-        "created_at": ts(s.created_at),
-        "updated_at": ts(s.updated_at),
-    })
+/// A status check some system posted on a release.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleaseStatus {
+    pub id: String,
+    pub release: Id,
+    pub context: String,
+    /// `pending`, `success`, `failure` or `error`.
+    pub state: String,
+    pub description: String,
+    pub target_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
+fn status_json(s: &StatusRow) -> ReleaseStatus {
+    ReleaseStatus {
+        id: s.id.clone(),
+        release: Id {
+            id: s.release_id.clone(),
+        },
+        context: s.context.clone(),
+        state: s.state.clone(),
+        description: s.description.clone(),
+        target_url: s.target_url.clone(),
+        created_at: time(s.created_at),
+        updated_at: time(s.updated_at),
+    }
+}
+
+/// List release statuses
+#[utoipa::path(get, path = "/apps/{app}/releases/{release}/statuses", tag = "releases", responses((status = 200, body = [ReleaseStatus])))]
 pub async fn list_statuses(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -364,7 +426,7 @@ pub async fn list_statuses(
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateStatus {
     pub context: String,
@@ -380,6 +442,7 @@ pub struct CreateStatus {
 }
 
 /// Post (or update, by context) a status check on a release.
+#[utoipa::path(post, path = "/apps/{app}/releases/{release}/statuses", tag = "releases", request_body = CreateStatus, responses((status = 201, description = "A new check", body = ReleaseStatus), (status = 200, description = "The check of that context, updated", body = ReleaseStatus)))]
 pub async fn create_status(
     State(cp): State<ControlPlane>,
     caller: Caller,

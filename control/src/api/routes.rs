@@ -4,28 +4,60 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::apps::load;
-use super::{Body, find_one, json, paginate, ts};
+use super::{Body, Named, delete_row, find_one, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{AppRow, ROUTE_SELECT, RouteRow, find_app, find_site, new_id, now_us};
 
-fn route_json(r: &RouteRow) -> Value {
-    json!({
-        "id": r.id,
-        "app": {"id": r.app_id, "name": format!("{}-{}", r.app_name, r.space_name)},
-        "space": {"name": r.space_name},
-        "site": {"id": r.site_id, "domain": r.site_domain},
-        "source_path": r.source_path,
-        "target_path": r.target_path,
-        "pending": false,
-        "created_at": ts(r.created_at),
-        "updated_at": ts(r.updated_at),
-    })
+/// A route: a site's path prefix → an app and its target path.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Route {
+    pub id: String,
+    pub app: Named,
+    pub space: RouteSpace,
+    pub site: RouteSite,
+    pub source_path: String,
+    pub target_path: String,
+    pub pending: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The space of a route's app.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteSpace {
+    pub name: String,
+}
+
+/// The site of a route.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteSite {
+    pub id: String,
+    pub domain: String,
+}
+
+fn route_json(r: &RouteRow) -> Route {
+    Route {
+        id: r.id.clone(),
+        app: Named::new(r.app_id.clone(), format!("{}-{}", r.app_name, r.space_name)),
+        space: RouteSpace {
+            name: r.space_name.clone(),
+        },
+        site: RouteSite {
+            id: r.site_id.clone(),
+            domain: r.site_domain.clone(),
+        },
+        source_path: r.source_path.clone(),
+        target_path: r.target_path.clone(),
+        pending: false,
+        created_at: time(r.created_at),
+        updated_at: time(r.updated_at),
+    }
 }
 
 async fn visible(
@@ -33,7 +65,7 @@ async fn visible(
     caller: &Caller,
     filter: &str,
     bind: &str,
-) -> ApiResult<Vec<Value>> {
+) -> ApiResult<Vec<Route>> {
     let q = format!("{ROUTE_SELECT}{filter}");
     let mut query = sqlx::query_as::<_, RouteRow>(&q);
     if !filter.is_empty() {
@@ -57,6 +89,8 @@ async fn visible(
 
 const FIELDS: &[&str] = &["source_path", "id", "created_at"];
 
+/// List routes
+#[utoipa::path(get, path = "/routes", tag = "routes", responses((status = 200, body = [Route])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -65,6 +99,8 @@ pub async fn list(
     paginate(&headers, visible(&cp, &caller, "", "").await?, FIELDS)
 }
 
+/// Routes of a site
+#[utoipa::path(get, path = "/sites/{site}/routes", tag = "routes", responses((status = 200, body = [Route])))]
 pub async fn list_for_site(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -81,6 +117,8 @@ pub async fn list_for_site(
     )
 }
 
+/// Routes to an app
+#[utoipa::path(get, path = "/apps/{app}/routes", tag = "routes", responses((status = 200, body = [Route])))]
 pub async fn list_for_app(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -95,7 +133,7 @@ pub async fn list_for_app(
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoute {
     pub site: String,
@@ -105,6 +143,8 @@ pub struct CreateRoute {
     pub target_path: Option<String>,
 }
 
+/// Route a site's path prefix to an app
+#[utoipa::path(post, path = "/routes", tag = "routes", request_body = CreateRoute, responses((status = 201, body = Route)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -172,6 +212,8 @@ async fn find(cp: &ControlPlane, caller: &Caller, id: &str) -> ApiResult<RouteRo
     Ok(r)
 }
 
+/// Show a route
+#[utoipa::path(get, path = "/routes/{route}", tag = "routes", responses((status = 200, body = Route)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -183,17 +225,14 @@ pub async fn info(
     ))
 }
 
+/// Remove a route
+#[utoipa::path(delete, path = "/routes/{route}", tag = "routes", responses((status = 200, body = Route)))]
 pub async fn delete(
     State(cp): State<ControlPlane>,
     caller: Caller,
     Path(route): Path<String>,
 ) -> ApiResult<Response> {
     let r = find(&cp, &caller, &route).await?;
-    let mut w = cp.begin().await?;
-    sqlx::query("DELETE FROM routes WHERE id = $1")
-        .bind(&r.id)
-        .execute(&mut *w.tx)
-        .await?;
-    cp.commit(w, false).await?;
+    delete_row(&cp, "routes", &r.id, false).await?;
     Ok(json(StatusCode::OK, route_json(&r)))
 }

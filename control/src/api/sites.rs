@@ -3,29 +3,47 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::{Body, json, paginate, ts};
+use super::{Body, Named, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{SiteRow, find_site, new_id, now_us};
 
-pub(crate) fn site_json(s: &SiteRow) -> Value {
-    json!({
-        "id": s.id,
-        "domain": s.domain,
-        "internal": s.internal != 0,
-        "compliance": if s.internal != 0 { vec!["internal"] } else { Vec::<&str>::new() },
-        "description": s.description,
-        "region": {"id": "local", "name": "local"},
-        "created_at": ts(s.created_at),
-        "updated_at": ts(s.updated_at),
-    })
+/// A site: a shared host name whose paths route to apps.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Site {
+    pub id: String,
+    pub domain: String,
+    pub internal: bool,
+    pub compliance: Vec<String>,
+    pub description: String,
+    pub region: Named,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
-#[derive(Debug, Deserialize)]
+pub(crate) fn site_json(s: &SiteRow) -> Site {
+    let internal = s.internal != 0;
+    Site {
+        id: s.id.clone(),
+        domain: s.domain.clone(),
+        internal,
+        compliance: if internal {
+            vec!["internal".into()]
+        } else {
+            Vec::new()
+        },
+        description: s.description.clone(),
+        region: Named::new("local", "local"),
+        created_at: time(s.created_at),
+        updated_at: time(s.updated_at),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSite {
     pub domain: String,
@@ -37,6 +55,8 @@ pub struct CreateSite {
     pub region: Option<String>,
 }
 
+/// Create a site (admin)
+#[utoipa::path(post, path = "/sites", tag = "sites", request_body = CreateSite, responses((status = 201, body = Site)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -72,6 +92,8 @@ pub async fn create(
     Ok(json(StatusCode::CREATED, site_json(&s)))
 }
 
+/// List sites
+#[utoipa::path(get, path = "/sites", tag = "sites", responses((status = 200, body = [Site])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     _caller: Caller,
@@ -87,6 +109,8 @@ pub async fn list(
     )
 }
 
+/// Show a site
+#[utoipa::path(get, path = "/sites/{site}", tag = "sites", responses((status = 200, body = Site)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     _caller: Caller,
@@ -99,13 +123,15 @@ pub async fn info(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSite {
     #[serde(default)]
     pub description: Option<String>,
 }
 
+/// Update a site (admin)
+#[utoipa::path(patch, path = "/sites/{site}", tag = "sites", request_body = UpdateSite, responses((status = 200, body = Site)))]
 pub async fn update(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -130,6 +156,7 @@ pub async fn update(
 }
 
 /// Delete a site and its routes.
+#[utoipa::path(delete, path = "/sites/{site}", tag = "sites", responses((status = 200, body = Site)))]
 pub async fn delete(
     State(cp): State<ControlPlane>,
     caller: Caller,

@@ -30,6 +30,15 @@ fn param(q: Option<&str>, name: &str) -> ApiResult<Option<u64>> {
     Ok(None)
 }
 
+/// The current snapshot; long-polls with ?after=REVISION&wait=SECS (admin)
+#[utoipa::path(get, path = "/v1/snapshot", tag = "snapshot", params(
+        ("after" = Option<u64>, Query, description = "Answer only once the revision is past this one"),
+        ("wait" = Option<u64>, Query, description = "Seconds to wait for a newer revision (capped)")),
+    responses(
+        (status = 200, description = "The snapshot: the whole desired state", body = Value,
+            headers(("wharf-revision" = u64, description = "Its revision"))),
+        (status = 204, description = "No newer snapshot within the wait",
+            headers(("wharf-revision" = u64, description = "The unchanged revision")))))]
 pub async fn poll(
     State(cp): State<ControlPlane>,
     caller: Caller,

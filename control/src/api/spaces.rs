@@ -5,29 +5,46 @@ use std::collections::BTreeSet;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 use wharf_config::Compliance;
 
-use super::{Body, check_name, json, paginate, ts};
+use super::{Body, Named, check_name, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{SpaceRow, find_space, new_id, now_us};
 
-pub(crate) fn space_json(s: &SpaceRow, apps: i64) -> Value {
-    json!({
-        "id": s.id,
-        "name": s.name,
-        "description": s.description,
-        "compliance": s.compliance(),
-        "apps": apps,
-        "state": "allocated",
-        "region": {"id": "local", "name": "local"},
-        "stack": {"id": "wharf", "name": "wharf"},
-        "created_at": ts(s.created_at),
-        "updated_at": ts(s.updated_at),
-    })
+/// A space: Akkeris' unit of isolation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Space {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub compliance: Vec<String>,
+    /// How many apps it holds.
+    pub apps: i64,
+    pub state: String,
+    pub region: Named,
+    pub stack: Named,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub(crate) fn space_json(s: &SpaceRow, apps: i64) -> Space {
+    Space {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        description: s.description.clone(),
+        compliance: s.compliance(),
+        apps,
+        state: "allocated".into(),
+        region: Named::new("local", "local"),
+        stack: Named::new("wharf", "wharf"),
+        created_at: time(s.created_at),
+        updated_at: time(s.updated_at),
+    }
 }
 
 /// Create `name` (no compliance) unless it exists.
@@ -50,7 +67,7 @@ pub(crate) async fn ensure_space(cp: &ControlPlane, name: &str) -> ApiResult<()>
     cp.commit(w, false).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSpace {
     pub name: String,
@@ -62,6 +79,8 @@ pub struct CreateSpace {
     pub stack: Option<String>,
 }
 
+/// Create a space (admin)
+#[utoipa::path(post, path = "/spaces", tag = "spaces", request_body = CreateSpace, responses((status = 201, body = Space)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -117,6 +136,8 @@ async fn app_count(cp: &ControlPlane, space_id: &str) -> ApiResult<i64> {
     )
 }
 
+/// List spaces
+#[utoipa::path(get, path = "/spaces", tag = "spaces", responses((status = 200, body = [Space])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -132,6 +153,8 @@ pub async fn list(
     paginate(&headers, items, &["name", "id", "created_at"])
 }
 
+/// Show a space
+#[utoipa::path(get, path = "/spaces/{space}", tag = "spaces", responses((status = 200, body = Space)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -147,6 +170,8 @@ pub async fn info(
     ))
 }
 
+/// Delete an empty space (admin)
+#[utoipa::path(delete, path = "/spaces/{space}", tag = "spaces", responses((status = 200, body = Space)))]
 pub async fn delete(
     State(cp): State<ControlPlane>,
     caller: Caller,

@@ -3,25 +3,48 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::{Body, find_one, json, paginate, ts};
+use super::{Body, find_one, json, paginate, time};
 use crate::ControlPlane;
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{TokenRow, new_id, new_secret, now_us, sha256_hex};
 
-fn token_json(t: &TokenRow) -> Value {
-    let scope: Value = serde_json::from_str(&t.scope).unwrap_or(Value::Null);
-    json!({
-        "id": t.id,
-        "description": t.description,
-        "email": t.email,
-        "scope": scope,
-        "created_at": ts(t.created_at),
-        "updated_at": ts(t.created_at),
-    })
+/// A token; its secret only in the answer that creates it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Token {
+    pub id: String,
+    pub description: String,
+    pub email: String,
+    pub scope: Scope,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+fn token_json(t: &TokenRow) -> Token {
+    Token {
+        id: t.id.clone(),
+        description: t.description.clone(),
+        email: t.email.clone(),
+        scope: serde_json::from_str(&t.scope).unwrap_or_default(),
+        created_at: time(t.created_at),
+        updated_at: time(t.created_at),
+        token: None,
+    }
+}
+
+/// Who a token belongs to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub scope: Scope,
+    pub verified: bool,
 }
 
 pub(crate) async fn insert(
@@ -76,21 +99,24 @@ pub(crate) async fn ensure(
     Ok(())
 }
 
-/// `GET /account`: who the token belongs to (Heroku clients ask for it).
+/// The token's account
+///
+/// Who the token belongs to (Heroku clients ask for it).
+#[utoipa::path(get, path = "/account", tag = "tokens", responses((status = 200, body = Account)))]
 pub async fn account(caller: Caller) -> Response {
     json(
         StatusCode::OK,
-        json!({
-            "id": caller.token_id,
-            "email": caller.email,
-            "name": caller.email,
-            "scope": caller.scope,
-            "verified": true,
-        }),
+        Account {
+            id: caller.token_id,
+            name: caller.email.clone(),
+            email: caller.email,
+            scope: caller.scope,
+            verified: true,
+        },
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     #[serde(default)]
@@ -101,6 +127,9 @@ pub struct CreateToken {
     pub scope: Option<Scope>,
 }
 
+/// Create a token (admin); the secret is returned once
+#[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = CreateToken,
+    responses((status = 201, body = Token)))]
 pub async fn create(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -122,11 +151,15 @@ pub async fn create(
         &email,
     )
     .await?;
-    let mut v = token_json(&row);
-    v["token"] = Value::String(secret);
+    let v = Token {
+        token: Some(secret),
+        ..token_json(&row)
+    };
     Ok(json(StatusCode::CREATED, v))
 }
 
+/// List tokens (admin)
+#[utoipa::path(get, path = "/tokens", tag = "tokens", responses((status = 200, body = [Token])))]
 pub async fn list(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -138,7 +171,7 @@ pub async fn list(
         .await?;
     paginate(
         &headers,
-        rows.iter().map(token_json).collect(),
+        rows.iter().map(token_json).collect::<Vec<_>>(),
         &["id", "created_at"],
     )
 }
@@ -147,6 +180,8 @@ async fn find(cp: &ControlPlane, id: &str) -> ApiResult<TokenRow> {
     find_one(cp, "SELECT * FROM tokens WHERE id = $1", &[id], "token", id).await
 }
 
+/// Show a token (admin)
+#[utoipa::path(get, path = "/tokens/{token}", tag = "tokens", responses((status = 200, body = Token)))]
 pub async fn info(
     State(cp): State<ControlPlane>,
     caller: Caller,
@@ -156,6 +191,8 @@ pub async fn info(
     Ok(json(StatusCode::OK, token_json(&find(&cp, &id).await?)))
 }
 
+/// Revoke a token (admin)
+#[utoipa::path(delete, path = "/tokens/{token}", tag = "tokens", responses((status = 200, body = Token)))]
 pub async fn delete(
     State(cp): State<ControlPlane>,
     caller: Caller,

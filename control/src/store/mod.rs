@@ -33,6 +33,12 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// How long a request waits for a database connection, and a write for its turn plus its
+/// connection, before it fails (503, "the store is unavailable"). A request takes at most
+/// three such steps (its token, what it reads, its write), so a database that is away or
+/// restarting holds no request longer than about three times this.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A connection pool plus the write serialisation.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -74,7 +80,7 @@ impl Store {
         let max = if backend == Backend::Sqlite { 4 } else { 8 };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -114,10 +120,17 @@ impl Store {
         self.backend
     }
 
-    /// Start a write: serialised with every other write, revision bumped.
+    /// Start a write: serialised with every other write, revision bumped. Waiting for the turn
+    /// and the connection together takes at most [`ACQUIRE_TIMEOUT`] (writers queued behind one
+    /// that waits for a database that is away must not wait one timeout each).
     pub async fn begin_write(&self) -> Result<Write, sqlx::Error> {
-        let guard = self.write_lock.clone().lock_owned().await;
-        let mut tx = self.pool.begin().await?;
+        let start = async {
+            let guard = self.write_lock.clone().lock_owned().await;
+            Ok::<_, sqlx::Error>((guard, self.pool.begin().await?))
+        };
+        let (guard, mut tx) = tokio::time::timeout(ACQUIRE_TIMEOUT, start)
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
         sqlx::query("UPDATE meta SET revision = revision + 1 WHERE id = 1")
             .execute(&mut *tx)
             .await?;

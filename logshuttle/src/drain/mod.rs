@@ -1,7 +1,8 @@
 //! Drains: each one a task with its own bounded buffer. The dispatcher pushes without waiting;
 //! when the buffer is full the oldest line is dropped, and the next thing the drain sends is
-//! Heroku's L10 notice (also written into the app's stream). A stalled drain therefore slows
-//! nothing but itself.
+//! Heroku's L10 notice. The app's stream gets the notice when the lines are shed (at most one
+//! per drain every few seconds), so a drain that never recovers is not dropping in silence. A
+//! stalled drain therefore slows nothing but itself.
 
 pub(crate) mod http;
 pub(crate) mod syslog;
@@ -17,7 +18,6 @@ use wharf_config::shuttle_plan::DrainTarget;
 
 use crate::bus::Ack;
 use crate::metrics::DrainMetrics;
-use crate::stream::AppStream;
 
 /// A line waiting in a drain's buffer, with its share of the bus acknowledgement.
 pub(crate) struct Item {
@@ -33,7 +33,17 @@ struct QueueState {
     /// No progress for the stall deadline while full: the buffer sheds instead of holding the
     /// bus back, until the drain has caught up again.
     stalled: bool,
+    /// Shed lines not yet told in the app's stream, since when, and when it was last told.
+    untold: u64,
+    untold_since: i64,
+    told_at: Option<std::time::Instant>,
 }
+
+/// Tells the app's stream that `n` lines were dropped since a time (µs).
+pub(crate) type Notice = Box<dyn Fn(u64, i64) + Send + Sync>;
+
+/// At most one stream notice per drain this often while it sheds.
+const NOTICE_EVERY: Duration = Duration::from_secs(5);
 
 /// A drain's bounded buffer. A drain that is only slow holds the bus back (the dispatcher
 /// waits for room); one that makes no progress for the stall deadline while its buffer is full
@@ -48,6 +58,7 @@ pub(crate) struct DrainQueue {
     room: Notify,
     metrics: DrainMetrics,
     id: String,
+    notice: Option<Notice>,
 }
 
 /// What a drain takes from its buffer at once.
@@ -73,11 +84,37 @@ impl DrainQueue {
                 dropped_since: 0,
                 closed: false,
                 stalled: false,
+                untold: 0,
+                untold_since: 0,
+                told_at: None,
             }),
             notify: Notify::new(),
             room: Notify::new(),
             metrics,
             id: id.into(),
+            notice: None,
+        }
+    }
+
+    /// Tell shed lines in the app's stream through `notice`.
+    pub(crate) fn with_notice(mut self, notice: Notice) -> DrainQueue {
+        self.notice = Some(notice);
+        self
+    }
+
+    /// The untold drops, when it is time to tell them (or `now`): `(count, since)`.
+    fn take_untold(&self, s: &mut QueueState, now: bool) -> Option<(u64, i64)> {
+        if s.untold == 0 || (!now && s.told_at.is_some_and(|t| t.elapsed() < NOTICE_EVERY)) {
+            return None;
+        }
+        s.told_at = Some(std::time::Instant::now());
+        Some((std::mem::take(&mut s.untold), s.untold_since))
+    }
+
+    fn tell(&self, untold: Option<(u64, i64)>) {
+        if let (Some(f), Some((n, since))) = (&self.notice, untold) {
+            tracing::warn!(drain = %self.id, dropped = n, "drain buffer overflowed");
+            f(n, since);
         }
     }
 
@@ -90,24 +127,31 @@ impl DrainQueue {
 
     /// Append `items` in order, shedding the oldest beyond the cap.
     fn push_shedding(&self, items: &mut Vec<Item>) {
-        let shed: Vec<Item> = {
+        let (shed, untold): (Vec<Item>, _) = {
             let mut s = self.state.lock();
             if s.closed {
-                std::mem::take(items)
+                (std::mem::take(items), None)
             } else {
                 s.buf.extend(items.drain(..));
                 let over = s.buf.len().saturating_sub(self.cap);
                 if over > 0 {
+                    let now = crate::wire::now_us();
                     if s.dropped == 0 {
-                        s.dropped_since = crate::wire::now_us();
+                        s.dropped_since = now;
                     }
                     s.dropped += over as u64;
+                    if s.untold == 0 {
+                        s.untold_since = now;
+                    }
+                    s.untold += over as u64;
                 }
                 let shed = s.buf.drain(..over).collect();
                 self.metrics.buffer.set(s.buf.len() as i64);
-                shed
+                let untold = self.take_untold(&mut s, false);
+                (shed, untold)
             }
         };
+        self.tell(untold);
         if !shed.is_empty() {
             self.metrics.dropped.inc_by(shed.len() as u64);
             for old in shed {
@@ -177,6 +221,7 @@ impl DrainQueue {
                     let items: Vec<Item> = s.buf.drain(..n).collect();
                     let dropped = (s.dropped > 0).then(|| (s.dropped, s.dropped_since));
                     s.dropped = 0;
+                    let untold = self.take_untold(&mut s, true);
                     // Caught up: hold the bus back again rather than shed.
                     if s.stalled && s.buf.len() <= self.cap / 2 {
                         s.stalled = false;
@@ -185,6 +230,7 @@ impl DrainQueue {
                     }
                     self.metrics.buffer.set(s.buf.len() as i64);
                     drop(s);
+                    self.tell(untold);
                     self.room.notify_waiters();
                     return Some(Batch { items, dropped });
                 }
@@ -260,7 +306,6 @@ pub(crate) struct DrainCtx {
     pub target: DrainTarget,
     pub queue: Arc<DrainQueue>,
     pub metrics: DrainMetrics,
-    pub stream: Arc<AppStream>,
     pub space: String,
     pub opts: Arc<crate::Options>,
     pub tls: Arc<rustls::ClientConfig>,
@@ -272,17 +317,14 @@ impl DrainCtx {
         self.target.token.as_deref().unwrap_or(&self.target.id)
     }
 
-    /// The L10 line for a batch that follows drops; it also goes into the app's stream.
+    /// The L10 line for a batch that follows drops (the queue told the app's stream).
     pub(crate) fn l10(&self, dropped: Option<(u64, i64)>) -> Option<LogLine> {
         let (n, since) = dropped?;
-        let line = crate::wire::notice(
+        Some(crate::wire::notice(
             &self.target.app,
             &self.space,
             crate::wire::l10_text(n, since),
-        );
-        tracing::warn!(drain = %self.target.id, app = %self.target.app, dropped = n, "drain buffer overflowed");
-        self.stream.push(Arc::new(line.clone()));
-        Some(line)
+        ))
     }
 
     pub(crate) fn backoff(&self) -> Backoff {

@@ -1,19 +1,23 @@
 //! Syslog drains: TCP and TLS with RFC 6587 octet counting, reconnecting with jittered
-//! back-off and keeping what was not written; UDP with one message per datagram.
+//! back-off, keeping what was not written and sending again what a connection reset before it
+//! was confirmed; UDP with one message per datagram.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UdpSocket};
 use wharf_config::DrainKind;
 
-use super::{Batch, DrainCtx};
+use super::{Batch, DrainCtx, Item};
 use crate::wire;
 
 /// Lines written at once.
 const BATCH: usize = 512;
+/// `SO_SNDBUF` of a stream drain's socket (the kernel doubles it).
+const SEND_BUFFER: usize = 256 * 1024;
 
 trait Conn: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Conn for T {}
@@ -40,16 +44,24 @@ pub(crate) async fn connect_tcp(
 struct Link {
     io: Pin<Box<dyn Conn>>,
     peek: std::net::TcpStream,
+    since: Instant,
 }
 
 async fn connect(ctx: &DrainCtx) -> std::io::Result<Link> {
     let url = &ctx.target.url;
     let tcp = connect_tcp(&url.host, url.port, ctx.opts.connect_timeout).await?;
+    // A fixed send buffer (no autotuning to megabytes): what a receiver that stops reading
+    // can swallow before our writes block and time out stays small.
+    socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER)?;
     let std = tcp.into_std()?;
     let peek = std.try_clone()?;
     let tcp = TcpStream::from_std(std)?;
     let io = connect_io(ctx, tcp).await?;
-    Ok(Link { io, peek })
+    Ok(Link {
+        io,
+        peek,
+        since: Instant::now(),
+    })
 }
 
 async fn connect_io(ctx: &DrainCtx, tcp: TcpStream) -> std::io::Result<Pin<Box<dyn Conn>>> {
@@ -69,22 +81,38 @@ async fn connect_io(ctx: &DrainCtx, tcp: TcpStream) -> std::io::Result<Pin<Box<d
     }
 }
 
-/// True when the peer has closed or reset the connection. Syslog receivers never send, so a
-/// readable socket means end of stream (or TLS records, which the TLS reader takes).
-fn peer_gone(link: &mut Link) -> bool {
+/// What a look at an open connection finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Up,
+    /// Closed in order (FIN, or a TLS close): the receiver read everything before closing.
+    Closed,
+    /// Reset, or closed with our bytes unread: what it was last sent may be lost.
+    Reset,
+}
+
+/// Syslog receivers never send, so a readable socket means end of stream or an error (or TLS
+/// records, which the TLS reader takes). A pending socket error (`SO_ERROR`) after an orderly
+/// close means the receiver reset the connection on bytes that arrived after it.
+fn peer_state(link: &mut Link) -> Peer {
     let mut b = [0u8; 1];
+    let closed = || match link.peek.take_error() {
+        Ok(None) => Peer::Closed,
+        _ => Peer::Reset,
+    };
     match link.peek.peek(&mut b) {
-        Ok(0) => true,
+        Ok(0) => closed(),
         Ok(_) => {
             // Data (TLS alerts, session tickets): let the TLS layer consume it.
             let mut buf = [0u8; 512];
-            matches!(
-                link.io.read(&mut buf).now_or_never(),
-                Some(Ok(0)) | Some(Err(_))
-            )
+            match link.io.read(&mut buf).now_or_never() {
+                Some(Ok(0)) => closed(),
+                Some(Err(_)) => Peer::Reset,
+                _ => Peer::Up,
+            }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-        Err(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Peer::Up,
+        Err(_) => Peer::Reset,
     }
 }
 
@@ -99,30 +127,159 @@ fn encode(ctx: &DrainCtx, enc: &mut wire::Encoder, batch: &Batch, out: &mut Vec<
     }
 }
 
+/// Syslog over TCP has no acknowledgement: a batch the kernel took is only known to have
+/// reached the receiver once the connection is seen still up this long after the write (or
+/// closed in order). A receiver that resets the connection before that gets the batch again.
+const CONFIRM_AFTER: Duration = Duration::from_millis(500);
+/// Written lines waiting for that confirmation, at most. A connection up for `CONFIRM_AFTER`
+/// has shown it stays: beyond this the oldest count as delivered (a fast stream is confirmed
+/// by volume, not only by time). A younger one gets no more until it has shown that.
+const UNCONFIRMED_LINES: usize = 8 * BATCH;
+/// How often an idle drain looks at its connection (so `connected` tells the truth and
+/// written lines get confirmed without more traffic), and a young one that used its allowance.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+const PROBE: Duration = Duration::from_millis(50);
+
+/// Bytes written and the lines they carry, not yet confirmed.
+struct Written {
+    at: Instant,
+    bytes: Vec<u8>,
+    items: Vec<Item>,
+}
+
+/// What a stream drain holds outside its buffer.
+struct Held {
+    /// Encoded and not yet written (the first write, or a retry after a failure).
+    out: Vec<u8>,
+    items: Vec<Item>,
+    /// Written on the current connection and not yet confirmed, oldest first.
+    written: VecDeque<Written>,
+    written_lines: usize,
+}
+
+impl Held {
+    /// Count as delivered the written batches, oldest first, until `keep` holds one back;
+    /// the number of lines confirmed.
+    fn confirm(&mut self, ctx: &DrainCtx, mut keep: impl FnMut(&Written, usize) -> bool) -> usize {
+        let mut n = 0;
+        while let Some(w) = self.written.front() {
+            if keep(w, self.written_lines) {
+                break;
+            }
+            let w = self.written.pop_front().expect("front");
+            self.written_lines -= w.items.len();
+            n += w.items.len();
+            ctx.metrics.delivered.inc_by(w.items.len() as u64);
+            for i in w.items {
+                i.ack.done();
+            }
+        }
+        n
+    }
+
+    /// The connection is gone without confirming what was written: send it again, first.
+    fn resend_written(&mut self, ctx: &DrainCtx) {
+        if self.written.is_empty() {
+            return;
+        }
+        let mut out = Vec::new();
+        let mut items = Vec::new();
+        for w in self.written.drain(..) {
+            out.extend_from_slice(&w.bytes);
+            items.extend(w.items);
+        }
+        self.written_lines = 0;
+        ctx.metrics.retried.inc_by(items.len() as u64);
+        out.extend_from_slice(&self.out);
+        items.append(&mut self.items);
+        self.out = out;
+        self.items = items;
+    }
+}
+
 /// `syslog://`, `syslog+tcp://`, `syslog+tls://`.
 pub(crate) async fn run_stream(ctx: DrainCtx) {
     let id = ctx.target.id.clone();
     let mut backoff = ctx.backoff();
     let mut conn: Option<Link> = None;
-    let mut out = Vec::with_capacity(64 * 1024);
     let mut enc = wire::Encoder::default();
-    let mut pending: Option<Batch> = None;
+    let mut held = Held {
+        out: Vec::with_capacity(64 * 1024),
+        items: Vec::new(),
+        written: VecDeque::new(),
+        written_lines: 0,
+    };
+    let lost = |conn: &mut Option<Link>| {
+        *conn = None;
+        ctx.metrics.connected.set(0);
+        ctx.metrics.reconnects.inc();
+    };
     loop {
-        if pending.is_none() {
-            match ctx.queue.next_batch(BATCH).await {
-                Some(b) => {
-                    encode(&ctx, &mut enc, &b, &mut out);
-                    pending = Some(b);
+        if let Some(c) = conn.as_mut() {
+            match peer_state(c) {
+                Peer::Up => {
+                    let now = Instant::now();
+                    let proven = now.duration_since(c.since) >= CONFIRM_AFTER;
+                    let young = |w: &Written, lines: usize| {
+                        now.duration_since(w.at) < CONFIRM_AFTER
+                            && (!proven || lines <= UNCONFIRMED_LINES)
+                    };
+                    if held.confirm(&ctx, young) > 0 {
+                        backoff.reset();
+                    }
                 }
-                None => break,
+                Peer::Closed => {
+                    tracing::info!(drain = %id, "drain peer closed the connection; reconnecting");
+                    if held.confirm(&ctx, |_, _| false) > 0 {
+                        backoff.reset();
+                    }
+                    lost(&mut conn);
+                }
+                Peer::Reset if held.written.is_empty() => {
+                    // Nothing unconfirmed (an idle connection cut by a middlebox, say).
+                    tracing::info!(drain = %id, "drain peer reset an idle connection; reconnecting");
+                    lost(&mut conn);
+                }
+                Peer::Reset => {
+                    let n = held.written_lines;
+                    held.resend_written(&ctx);
+                    lost(&mut conn);
+                    let d = backoff.next_delay();
+                    tracing::warn!(drain = %id, resend = n, retry_in = ?d, "drain peer reset the connection; will send the unconfirmed lines again");
+                    if !ctx.pause(d).await {
+                        break;
+                    }
+                    continue;
+                }
             }
         }
-        if let Some(c) = conn.as_mut()
-            && peer_gone(c)
-        {
-            tracing::info!(drain = %id, "drain peer closed the connection; reconnecting");
-            conn = None;
-            ctx.metrics.connected.set(0);
+        let young = conn
+            .as_ref()
+            .is_some_and(|c| c.since.elapsed() < CONFIRM_AFTER);
+        if young && held.written_lines >= UNCONFIRMED_LINES {
+            // A young connection used its allowance: no more until it has shown it stays up.
+            if !ctx.pause(PROBE).await {
+                break;
+            }
+            continue;
+        }
+        if held.out.is_empty() {
+            // With a connection, wake now and then to look at it (`next_batch` is cancel safe).
+            let wait = if conn.is_some() {
+                IDLE_CHECK
+            } else {
+                Duration::MAX
+            };
+            match tokio::time::timeout(wait, ctx.queue.next_batch(BATCH)).await {
+                Ok(Some(b)) => {
+                    encode(&ctx, &mut enc, &b, &mut held.out);
+                    held.items = b.items;
+                }
+                Ok(None) => break,
+                Err(_idle) => {}
+            }
+            // Look at the connection once more right before writing.
+            continue;
         }
         if conn.is_none() {
             match connect(&ctx).await {
@@ -132,6 +289,7 @@ pub(crate) async fn run_stream(ctx: DrainCtx) {
                     conn = Some(c);
                 }
                 Err(e) => {
+                    ctx.metrics.reconnects.inc();
                     let d = backoff.next_delay();
                     tracing::warn!(drain = %id, url = %ctx.target.url, error = %e, retry_in = ?d, "drain connect failed");
                     if !ctx.pause(d).await {
@@ -143,29 +301,28 @@ pub(crate) async fn run_stream(ctx: DrainCtx) {
         }
         let Some(c) = conn.as_mut() else { continue };
         let write = async {
-            c.io.write_all(&out).await?;
+            c.io.write_all(&held.out).await?;
             c.io.flush().await
         };
         match tokio::time::timeout(ctx.opts.write_timeout, write).await {
             Ok(Ok(())) => {
-                backoff.reset();
-                if let Some(b) = pending.take() {
-                    ctx.metrics.delivered.inc_by(b.items.len() as u64);
-                    for i in b.items {
-                        i.ack.done();
-                    }
-                }
+                let bytes = std::mem::replace(&mut held.out, Vec::with_capacity(64 * 1024));
+                let items = std::mem::take(&mut held.items);
+                held.written_lines += items.len();
+                held.written.push_back(Written {
+                    at: Instant::now(),
+                    bytes,
+                    items,
+                });
             }
             res => {
                 let err = match res {
                     Ok(Err(e)) => e.to_string(),
                     _ => "write timed out".to_owned(),
                 };
-                conn = None;
-                ctx.metrics.connected.set(0);
-                if let Some(b) = &pending {
-                    ctx.metrics.retried.inc_by(b.items.len() as u64);
-                }
+                lost(&mut conn);
+                ctx.metrics.retried.inc_by(held.items.len() as u64);
+                held.resend_written(&ctx);
                 let d = backoff.next_delay();
                 tracing::warn!(drain = %id, error = %err, retry_in = ?d, "drain write failed; will send the batch again");
                 if !ctx.pause(d).await {
@@ -174,10 +331,14 @@ pub(crate) async fn run_stream(ctx: DrainCtx) {
             }
         }
     }
-    if let Some(b) = pending.take() {
-        for i in b.items {
-            i.ack.done();
-        }
+    // Closed: the drain is gone; what it holds is accounted for.
+    for i in held
+        .written
+        .drain(..)
+        .flat_map(|w| w.items)
+        .chain(held.items.drain(..))
+    {
+        i.ack.done();
     }
     ctx.metrics.connected.set(0);
 }

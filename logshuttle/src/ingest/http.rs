@@ -1,7 +1,8 @@
 //! Logplex-compatible `POST /logs`: `Content-Type: application/logplex-1`, octet-counted frames,
 //! `Logplex-Msg-Count` checked, Basic auth whose password is the app's log token. A request is
 //! taken whole or refused whole, with the reason in the body; `204` is sent only once the lines
-//! are on the bus (with Kafka: acknowledged by the broker), `503` if the bus failed them.
+//! are on the bus (with Kafka: acknowledged by the broker), `503` if the bus failed them or did
+//! not acknowledge them within `Options::ingest_ack_timeout` (a broker that is away).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -122,9 +123,22 @@ async fn logs(State(handle): State<Handle>, headers: HeaderMap, body: Bytes) -> 
     // Accepted means durable: answer only once the bus holds the lines (Kafka: the broker
     // acknowledged them), so a client that saw 204 never needs to send them again.
     let n = lines.len();
-    match handle.publish(&mut lines).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => {
+    let wait = handle.options().ingest_ack_timeout;
+    match tokio::time::timeout(wait, handle.publish(&mut lines)).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Err(_) => {
+            tracing::warn!(app = %app, lines = n, wait = ?wait, "logplex POST: the bus did not acknowledge the lines in time");
+            refuse(
+                &handle,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bus_timeout",
+                format!(
+                    "the log bus did not acknowledge these {n} lines within {} s (Kafka unreachable?); send them again",
+                    wait.as_secs_f32()
+                ),
+            )
+        }
+        Ok(Err(e)) => {
             tracing::error!(app = %app, lines = n, error = %e, "logplex POST: the bus did not store the lines");
             refuse(
                 &handle,

@@ -135,6 +135,11 @@ pub struct Pki {
 }
 
 pub fn pki() -> Pki {
+    pki_for(&["localhost", "127.0.0.1"])
+}
+
+/// A test CA and a server certificate for `names` signed by it.
+pub fn pki_for(names: &[&str]) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -146,10 +151,10 @@ pub fn pki() -> Pki {
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
     let mut params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
+        .push(rcgen::DnType::CommonName, names[0]);
     let cert = params.signed_by(&key, &issuer).unwrap();
     Pki {
         ca_pem: ca.pem(),
@@ -345,18 +350,31 @@ pub fn tansu_bin() -> Option<PathBuf> {
 pub struct Tansu {
     pub dir: tempfile::TempDir,
     pub port: u16,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl Tansu {
     pub fn start() -> Tansu {
-        let bin = tansu_bin().expect("tansu not found: scripts/deps.sh need_test_deps installs it");
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port_tcp();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let mut t = Tansu {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port_tcp(),
+            child: None,
+        };
+        t.spawn();
+        t
+    }
+
+    fn spawn(&mut self) {
+        let bin =
+            tansu_bin().expect("tansu not found: scripts/deps.sh need_kafka_broker installs it");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .unwrap();
         let child = Command::new(bin)
-            .current_dir(dir.path())
+            .current_dir(self.dir.path())
             .args([
                 "broker",
                 "--listener-url",
@@ -372,23 +390,36 @@ impl Tansu {
             .stderr(log)
             .spawn()
             .expect("start tansu");
+        self.child = Some(child);
         let end = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < end, "tansu did not listen");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Tansu { dir, port, child }
     }
 
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// Stop the broker (SIGKILL); its data stays for [`Tansu::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
 }
 
 impl Drop for Tansu {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -596,5 +627,51 @@ impl StalledReceiver {
 
     pub fn url(&self) -> String {
         format!("syslog://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A syslog receiver that accepts each connection and resets it at once (linger 0, nothing
+/// read), on a thread of its own so that the reset follows the accept promptly.
+pub struct ResettingReceiver {
+    pub port: u16,
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ResettingReceiver {
+    pub fn start() -> ResettingReceiver {
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, st) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                if st.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(s) = s else { continue };
+                a.fetch_add(1, Ordering::AcqRel);
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                drop(s);
+            }
+        });
+        ResettingReceiver {
+            port,
+            accepted,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("syslog+tcp://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ResettingReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }

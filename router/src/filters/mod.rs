@@ -41,8 +41,20 @@ pub async fn check(
     req: &RequestHeader,
 ) -> FilterOutcome {
     let uses = &live.table.apps[app].filters;
+    // A filter covers the request when it covers the normal path or the path a dyno that
+    // decodes `%2F` would see: `/public/..%2Fadmin` needs what `/admin` needs.
+    let Ok(slashed) = wharf_config::paths::slash_view(path) else {
+        return FilterOutcome::Respond(FilterResponse {
+            status: 400,
+            headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+            body: Bytes::from_static(b"Bad Request: invalid path\n"),
+        });
+    };
+    let covers = |u: &&wharf_config::router_table::FilterUse| {
+        u.covers(path) || slashed.as_deref().is_some_and(|s| u.covers(s))
+    };
     let mut cors_match = None;
-    for u in uses.iter().filter(|u| u.covers(path)) {
+    for u in uses.iter().filter(covers) {
         if let Filter::Cors(c) = &live.table.filters[u.filter] {
             match cors::check(c, req) {
                 cors::Decision::Preflight(resp) => return FilterOutcome::Respond(resp),
@@ -51,7 +63,7 @@ pub async fn check(
             }
         }
     }
-    for u in uses.iter().filter(|u| u.covers(path)) {
+    for u in uses.iter().filter(covers) {
         if let Filter::Jwt(j) = &live.table.filters[u.filter]
             && let Err(failure) = jwt::verify(shared, j, req).await
         {

@@ -518,3 +518,60 @@ impl Drop for JsonServer {
         }
     }
 }
+
+/// A metric's value from the router's registry (the first line starting with `prefix`; 0
+/// when absent).
+pub fn metric(r: &wharf_router::Handle, prefix: &str) -> f64 {
+    let text = String::from_utf8(r.metrics().render()).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Wait (bounded) for a metric to reach `want`; returns its last value.
+pub fn wait_metric(r: &wharf_router::Handle, prefix: &str, want: f64) -> f64 {
+    let mut v = metric(r, prefix);
+    for _ in 0..400 {
+        if v == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        v = metric(r, prefix);
+    }
+    v
+}
+
+/// Client connections open at the router.
+pub const OPEN: &str = "wharf_router_client_connections ";
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Read what the router sends until it closes the connection (bounded: 20 s); `None` when it
+/// kept the connection open that long.
+pub fn read_until_closed(c: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match std::io::Read::read(c, &mut buf) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(out),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Wait (bounded) until no client connection and no request is left open at the router.
+pub fn assert_nothing_leaks(r: &wharf_router::Handle) {
+    assert_eq!(wait_metric(r, OPEN, 0.0), 0.0, "client connections leaked");
+    assert_eq!(
+        wait_metric(r, "wharf_router_requests_in_flight ", 0.0),
+        0.0,
+        "requests leaked"
+    );
+}
