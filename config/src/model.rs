@@ -502,8 +502,9 @@ pub struct RouterSettings {
     /// later head within this of its first byte; beyond, the connection is closed (408 first
     /// when part of a head came).
     pub client_header_timeout_ms: u64,
-    /// An HTTP/1 request body gets this long, plus one second per `client_body_min_rate`
-    /// bytes received; beyond, 408 (H28) and the connection is closed.
+    /// A request body (HTTP/1 or h2) gets this long, plus one second per
+    /// `client_body_min_rate` bytes received; beyond, 408 (H28) and, for HTTP/1, the
+    /// connection is closed (for h2, the stream ends).
     pub client_body_timeout_ms: u64,
     /// Bytes per second that extend the body deadline by a second (0: no extension).
     pub client_body_min_rate: u64,

@@ -4,7 +4,8 @@
 //! `client_header_timeout_ms` of the accept (a later head: within that of its first byte). An
 //! HTTP/1 request body gets `client_body_timeout_ms`, plus one second per
 //! `client_body_min_rate` bytes received (Apache's `mod_reqtimeout` rule), so a body trickled
-//! a byte at a time is cut while a large upload at a reasonable rate is not. Each expiry is
+//! a byte at a time is cut while a large upload at a reasonable rate is not; an h2 request
+//! body gets the same deadline, kept by the proxy's upstream timer. Each expiry is
 //! counted in `wharf_router_limited_total` (`header_timeout`, `body_timeout`) and logged.
 
 use std::time::{Duration, Instant};
@@ -90,13 +91,20 @@ impl BodyDeadline {
 
     /// How long the next read may wait, `bytes` having come so far (at least 1 ms).
     pub fn next_read(&self, bytes: u64, now: Instant) -> Duration {
+        self.remaining(bytes, now)
+            .unwrap_or_default()
+            .max(Duration::from_millis(1))
+    }
+
+    /// How long until the deadline, `bytes` having come so far; `None` once it has passed.
+    pub fn remaining(&self, bytes: u64, now: Instant) -> Option<Duration> {
         let earned = match self.min_rate {
             0 => Duration::ZERO,
             rate => Duration::from_secs_f64(bytes as f64 / rate as f64),
         };
         (self.started + self.base + earned)
-            .saturating_duration_since(now)
-            .max(Duration::from_millis(1))
+            .checked_duration_since(now)
+            .filter(|d| !d.is_zero())
     }
 }
 
@@ -122,6 +130,11 @@ mod tests {
         assert_eq!(
             d.next_read(10, t + Duration::from_secs(10)),
             Duration::from_millis(1)
+        );
+        assert_eq!(d.remaining(10, t + Duration::from_secs(10)), None);
+        assert_eq!(
+            d.remaining(1_000, t + Duration::from_secs(3)),
+            Some(Duration::from_secs(1))
         );
         let none = BodyDeadline { min_rate: 0, ..d };
         assert_eq!(

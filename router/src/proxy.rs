@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,61 +74,133 @@ pub struct Ctx {
     set_sticky: bool,
     body_bytes: u64,
     max_body: u64,
-    first_byte: Option<FirstByteTimer>,
-    /// HTTP/1 requests on their way to a dyno: when the body must be in (408 H28 beyond).
+    upstream_timer: Option<UpstreamTimer>,
+    /// Requests on their way to a dyno: when the body must be in (408 H28 beyond); for
+    /// HTTP/1 kept by the downstream read timeout, for h2 by the upstream timer.
     body_deadline: Option<crate::client::BodyDeadline>,
     /// The request's slot among its app's requests in flight, given back when the context
     /// drops.
     in_flight: Option<crate::limits::InFlightGuard>,
 }
 
-/// The first-byte (H12) deadline when it is shorter than the idle one (H15). pingora has one
-/// read timeout per upstream connection, which the router sets to the idle timeout between
-/// response chunks; this timer covers the wait for the response head and, when it fires
-/// first, shuts the upstream socket down so pingora's read ends at once.
+/// The deadlines of one request on its way to a dyno, kept by one task per attempt: first the
+/// request body's (h2 only: an HTTP/1 body has the downstream read timeout, which pingora does
+/// not apply to h2 streams), then the first byte's (H12), which starts once the whole request
+/// is with the dyno (Heroku's countdown "begins when the request leaves the router") and only
+/// when it is shorter than the idle one (H15), pingora having one read timeout per upstream
+/// connection, set to the idle timeout between response chunks. When a deadline passes, the
+/// upstream socket is shut down so pingora's wait on it ends at once, and [`UpstreamTimer::fired`]
+/// says which.
 #[derive(Debug)]
-struct FirstByteTimer {
-    fired: Arc<AtomicBool>,
+struct UpstreamTimer {
+    state: Arc<TimerState>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl FirstByteTimer {
-    fn arm(fd: std::os::unix::io::RawFd, after: Duration) -> FirstByteTimer {
-        let fired = Arc::new(AtomicBool::new(false));
-        let f = fired.clone();
+#[derive(Debug, Default)]
+struct TimerState {
+    /// Request body bytes received so far; [`BODY_DONE`] once the body is complete.
+    body: AtomicU64,
+    body_progress: tokio::sync::Notify,
+    /// [`FIRED_FIRST_BYTE`] or [`FIRED_BODY`] once a deadline passed.
+    fired: AtomicU8,
+}
+
+const BODY_DONE: u64 = u64::MAX;
+const FIRED_FIRST_BYTE: u8 = 1;
+const FIRED_BODY: u8 = 2;
+
+/// Which of an upstream attempt's deadlines passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fired {
+    FirstByte,
+    Body,
+}
+
+impl UpstreamTimer {
+    /// `None` when the request has neither deadline to keep.
+    fn arm(
+        fd: std::os::unix::io::RawFd,
+        first_byte: Option<Duration>,
+        body: Option<crate::client::BodyDeadline>,
+        body_bytes: u64,
+        body_done: bool,
+    ) -> Option<UpstreamTimer> {
+        if first_byte.is_none() && (body.is_none() || body_done) {
+            return None;
+        }
+        let state = Arc::new(TimerState {
+            body: AtomicU64::new(if body_done { BODY_DONE } else { body_bytes }),
+            ..TimerState::default()
+        });
+        let s = state.clone();
         let task = tokio::spawn(async move {
+            loop {
+                let bytes = s.body.load(Ordering::Acquire);
+                if bytes == BODY_DONE {
+                    break;
+                }
+                let wait = match &body {
+                    Some(d) => match d.remaining(bytes, Instant::now()) {
+                        Some(wait) => Some(wait),
+                        None => {
+                            s.fired.store(FIRED_BODY, Ordering::Release);
+                            let _ =
+                                nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                match wait {
+                    Some(wait) => {
+                        let _ = pingora::prelude::timeout(wait, s.body_progress.notified()).await;
+                    }
+                    None => s.body_progress.notified().await,
+                }
+            }
+            let Some(after) = first_byte else { return };
             pingora::prelude::sleep(after).await;
-            f.store(true, Ordering::Release);
+            s.fired.store(FIRED_FIRST_BYTE, Ordering::Release);
             // The socket is still this request's: the timer is cancelled as soon as the
             // response head arrives or the request ends, before the connection is pooled
             // or closed.
             let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
         });
-        FirstByteTimer { fired, task }
+        Some(UpstreamTimer { state, task })
     }
 
-    fn fired(&self) -> bool {
-        self.fired.load(Ordering::Acquire)
+    /// The request body got this far (`done`: all of it).
+    fn body(&self, bytes: u64, done: bool) {
+        let v = if done { BODY_DONE } else { bytes };
+        if self.state.body.swap(v, Ordering::AcqRel) != v {
+            self.state.body_progress.notify_one();
+        }
+    }
+
+    fn fired(&self) -> Option<Fired> {
+        match self.state.fired.load(Ordering::Acquire) {
+            FIRED_FIRST_BYTE => Some(Fired::FirstByte),
+            FIRED_BODY => Some(Fired::Body),
+            _ => None,
+        }
     }
 }
 
-impl Drop for FirstByteTimer {
+impl Drop for UpstreamTimer {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
 impl Ctx {
-    /// Stop the first-byte timer (the response head arrived, or the request is over).
-    fn disarm_first_byte(&mut self) -> bool {
-        self.first_byte.take().is_some_and(|t| {
+    /// Stop the upstream timer (the response head arrived, or the attempt is over); which
+    /// deadline had passed, if one had.
+    fn disarm_upstream_timer(&mut self) -> Option<Fired> {
+        self.upstream_timer.take().and_then(|t| {
             t.task.abort();
             t.fired()
         })
-    }
-
-    fn first_byte_fired(&self) -> bool {
-        self.first_byte.as_ref().is_some_and(FirstByteTimer::fired)
     }
 }
 
@@ -493,7 +565,7 @@ impl ProxyHttp for Edge {
             set_sticky: false,
             body_bytes: 0,
             max_body: 0,
-            first_byte: None,
+            upstream_timer: None,
             body_deadline: None,
             in_flight: None,
         }
@@ -751,11 +823,11 @@ impl ProxyHttp for Edge {
         if ctx.upgrade && !session.is_http2() {
             return self.proxy_upgrade(session, ctx).await;
         }
+        let d = crate::client::BodyDeadline::start(&live.table.settings);
         if !session.is_http2() {
-            let d = crate::client::BodyDeadline::start(&live.table.settings);
             session.set_read_timeout(Some(d.next_read(0, Instant::now())));
-            ctx.body_deadline = Some(d);
         }
+        ctx.body_deadline = Some(d);
         Ok(false)
     }
 
@@ -763,12 +835,18 @@ impl ProxyHttp for Edge {
         &self,
         session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(t) = &ctx.upstream_timer {
+            let bytes = ctx.body_bytes + body.as_ref().map_or(0, |b| b.len() as u64);
+            t.body(bytes, end_of_stream);
+        }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
-            if let Some(d) = &ctx.body_deadline {
+            if let Some(d) = &ctx.body_deadline
+                && !session.is_http2()
+            {
                 session.set_read_timeout(Some(d.next_read(ctx.body_bytes, Instant::now())));
             }
             if ctx.max_body > 0 && ctx.body_bytes > ctx.max_body {
@@ -834,7 +912,7 @@ impl ProxyHttp for Edge {
 
     async fn connected_to_upstream(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _reused: bool,
         _peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
@@ -843,10 +921,10 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         if let Some(live) = &ctx.live {
             let s = &live.table.settings;
-            if let (_, Some(first)) = upstream_timeouts(s.first_byte_timeout_ms, s.idle_timeout_ms)
-            {
-                ctx.first_byte = Some(FirstByteTimer::arm(fd, first));
-            }
+            let (_, first) = upstream_timeouts(s.first_byte_timeout_ms, s.idle_timeout_ms);
+            let h2_body = ctx.body_deadline.filter(|_| session.is_http2());
+            let done = session.is_body_done();
+            ctx.upstream_timer = UpstreamTimer::arm(fd, first, h2_body, ctx.body_bytes, done);
         }
         if let Some(t) = ctx.connect_started {
             let d = t.elapsed();
@@ -899,13 +977,16 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        // The connection is done with: its first-byte timer must not outlive it.
-        let timed_out = ctx.first_byte_fired();
-        ctx.first_byte = None;
+        // The connection is done with: its timer must not outlive it.
+        let fired = ctx.disarm_upstream_timer();
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if timed_out {
-            // H12: the dyno had the request for the whole deadline; never retried.
-            ctx.code = Some(HCode::H12);
+        if let Some(fired) = fired {
+            // H12: the dyno had the request for the whole deadline; H28: the client's body
+            // was too slow. Never retried.
+            ctx.code = Some(match fired {
+                Fired::FirstByte => HCode::H12,
+                Fired::Body => HCode::H28,
+            });
             e.set_retry(false);
         } else if !session.req_header().method.is_idempotent()
             || session.as_ref().retry_buffer_truncated()
@@ -971,7 +1052,7 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.disarm_first_byte();
+        ctx.disarm_upstream_timer();
         ctx.response_started = true;
         ctx.status = resp.status.as_u16();
         headers::strip_response_hop_by_hop(resp, ctx.upgrade);
@@ -997,7 +1078,9 @@ impl ProxyHttp for Edge {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let downstream = matches!(e.esource(), pingora::ErrorSource::Downstream);
-        let first_byte_timeout = ctx.disarm_first_byte() || ctx.code == Some(HCode::H12);
+        let fired = ctx.disarm_upstream_timer();
+        let first_byte_timeout = fired == Some(Fired::FirstByte) || ctx.code == Some(HCode::H12);
+        let body_timeout = fired == Some(Fired::Body) || ctx.code == Some(HCode::H28);
         if let ErrorType::HTTPStatus(status) = e.etype() {
             let status = *status;
             ctx.status = status;
@@ -1011,7 +1094,9 @@ impl ProxyHttp for Edge {
         }
         let code = match e.etype() {
             _ if first_byte_timeout && !ctx.response_started => Some(HCode::H12),
-            ErrorType::ReadTimedout if downstream && ctx.body_deadline.is_some() => {
+            _ if (body_timeout || matches!(e.etype(), ErrorType::ReadTimedout) && downstream)
+                && ctx.body_deadline.is_some() =>
+            {
                 self.shared
                     .limits
                     .refused(crate::limits::Limit::BodyTimeout);

@@ -416,6 +416,43 @@ fn slowloris_heads_and_idle_connections_are_closed_after_the_header_timeout() {
     assert_eq!(get(addr, &host, "/"), 200);
 }
 
+/// Heroku's first-byte countdown begins when the request has left the router: an upload that
+/// takes longer than the first-byte timeout, at a pace the body deadline allows, is served. It
+/// got 503 H12 when the countdown began at connect.
+#[test]
+fn an_upload_longer_than_the_first_byte_timeout_is_served() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let host = internal_app(&mut s, "api", &[d.addr]);
+    s.router.first_byte_timeout_ms = 1000;
+    let sink = Collect::default();
+    let r = start(&s, &sink);
+    let addr = r.addrs().internal.unwrap();
+
+    // 2000 bytes, 200 every 250 ms: 2.5 s on the way.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(250));
+        c.write_all(&[b'x'; 200]).unwrap();
+    }
+    let got = read_until_closed(&mut c).expect("an answer");
+    let got = String::from_utf8_lossy(&got);
+    assert_eq!(status_of(&got), 200, "after {:?}: {got}", started.elapsed());
+    assert!(started.elapsed() > Duration::from_secs(2));
+    // The first-byte deadline still holds once the request is in.
+    assert_eq!(get(addr, &host, "/sleep/3000"), 503);
+    assert!(sink.wait_for("code=H12").line.contains("/sleep/3000"));
+    assert_nothing_leaks(&r);
+}
+
 #[test]
 fn slow_request_bodies_get_408_h28_while_a_well_behaved_client_is_served() {
     let pki = Pki::new();

@@ -465,3 +465,103 @@ fn idle_h2_connections_are_closed_while_a_busy_one_is_served() {
     assert_eq!(wait_metric(&r, OPEN, 0.0), 0.0, "connections leaked");
     assert_nothing_leaks(&r);
 }
+
+/// An h2 upload: HEADERS for `POST /upload` promising `len` bytes, then `len` bytes sent
+/// `chunk` at a time every `every`; the response status (0: none came), and when it came.
+async fn h2_upload(
+    send: &h2::client::SendRequest<Bytes>,
+    host: &str,
+    len: usize,
+    chunk: usize,
+    every: Duration,
+) -> (u16, Duration) {
+    let started = Instant::now();
+    let mut send = send.clone().ready().await.unwrap();
+    let req = http::Request::post(format!("https://{host}/upload"))
+        .header("content-length", len.to_string())
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    let upload = async move {
+        let mut sent = 0;
+        while sent < len {
+            let n = chunk.min(len - sent);
+            sent += n;
+            if body
+                .send_data(Bytes::from(vec![b'x'; n]), sent == len)
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(every).await;
+        }
+        // Keep the stream open (the client is slow, not gone) until the answer comes.
+        std::future::pending::<()>().await;
+    };
+    let status = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(30), resp) => {
+            r.ok().and_then(Result::ok).map_or(0, |r| r.status().as_u16())
+        }
+        () = upload => 0,
+    };
+    (status, started.elapsed())
+}
+
+#[test]
+fn h2_slow_request_bodies_get_408_h28_while_others_are_served() {
+    let pki = Pki::new();
+    let d = Dyno::start("web.1");
+    let mut s = base(&pki);
+    let app = add_app(&mut s, "api", "prod", &[d.addr]);
+    let host = format!("{app}.{DOMAIN}");
+    s.router.client_body_timeout_ms = 1000;
+    s.router.client_body_min_rate = 500;
+    let sink = Collect::default();
+    let r = start(&s, &sink);
+    let addr = r.addrs().https.unwrap();
+    let rt = two_threads();
+    let config = client_config(&pki, b"h2");
+
+    rt.block_on(async {
+        let (ok, p50, p99) = well_behaved_h2(&config, addr, &host, 50).await;
+        println!("baseline h2: {ok}/50 ok, p50 {p50:?}, p99 {p99:?}");
+        // Two connections, five uploads on each promising 1000 bytes and sending one every
+        // 200 ms: the deadline (1 s, plus 1 s per 500 bytes) passes after about 1 s.
+        let mut slow = Vec::new();
+        for _ in 0..2 {
+            let tls = connect_h2(&config, addr, &host).await;
+            let (send, conn) = h2::client::handshake(tls).await.unwrap();
+            tokio::spawn(conn);
+            for _ in 0..5 {
+                let (send, host) = (send.clone(), host.clone());
+                slow.push(tokio::spawn(async move {
+                    h2_upload(&send, &host, 1000, 1, Duration::from_millis(200)).await
+                }));
+            }
+        }
+        let (ok, p50, p99) = well_behaved_h2(&config, addr, &host, 50).await;
+        println!("h2 during 10 slow uploads: {ok}/50 ok, p50 {p50:?}, p99 {p99:?}");
+        assert_eq!(ok, 50);
+        for u in slow {
+            let (status, took) = u.await.unwrap();
+            println!("slow h2 upload: {status} after {took:?}");
+            assert_eq!(status, 408, "after {took:?}");
+            assert!(took < Duration::from_secs(5), "{took:?}");
+        }
+        // An upload at a normal pace on the same kind of connection is served: 200 KB in
+        // 20 KB chunks every 10 ms.
+        let tls = connect_h2(&config, addr, &host).await;
+        let (send, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(conn);
+        let (status, took) =
+            h2_upload(&send, &host, 200_000, 20_000, Duration::from_millis(10)).await;
+        assert_eq!(status, 200, "after {took:?}");
+    });
+    let line = sink.wait_for("code=H28");
+    assert!(line.line.contains("status=408"), "{}", line.line);
+    assert_eq!(
+        metric(&r, "wharf_router_limited_total{limit=\"body_timeout\"}"),
+        10.0
+    );
+    assert_nothing_leaks(&r);
+}
