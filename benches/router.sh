@@ -25,9 +25,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-say "building the release binary"
-cargo build --release --locked --bin wharf >/dev/null
-wharf="$CARGO_TARGET_DIR/release/wharf"
+if [ -n "${WHARF_BIN:-}" ]; then
+  wharf=$WHARF_BIN  # a binary built elsewhere, e.g. to compare two commits in one sitting
+else
+  say "building the release binary"
+  cargo build --release --locked --bin wharf >/dev/null
+  wharf="$CARGO_TARGET_DIR/release/wharf"
+fi
 
 # Ports.
 UP=18080; W_HTTP=18181; W_HTTPS=18443; W_ADMIN=18190; W_REDIR=18182
@@ -83,7 +87,7 @@ http { access_log off; keepalive_requests 1000000;
     location / { proxy_pass http://dyno; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Request-Id \$request_id; } } }
 NGX
-nginx -c "$work/nx/nginx.conf" -p "$work/nx" & pids+=($!)
+nginx -c "$work/nx/nginx.conf" -p "$work/nx" & pids+=($!); nginx_pid=$!
 
 # HAProxy as the proxy.
 cat > "$work/haproxy.cfg" <<HAP
@@ -107,7 +111,7 @@ backend dyno
   http-reuse always
   server d1 127.0.0.1:$UP
 HAP
-haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+haproxy -f "$work/haproxy.cfg" -db & pids+=($!); haproxy_pid=$!
 
 # Wharf: the same upstream as one app's web dyno; its internal listener serves plain HTTP.
 cat > "$work/wharf.toml" <<TOML
@@ -211,56 +215,76 @@ key_file = "key.pem"
 default = true
 TOML
 RUST_LOG=warn "$wharf" router --config "$work/wharf.toml" --https 127.0.0.1:$W_HTTPS --http 127.0.0.1:$W_REDIR \
-  --internal 127.0.0.1:$W_HTTP --admin 127.0.0.1:$W_ADMIN --threads "$WORKERS" > /dev/null 2> "$work/wharf.log" & pids+=($!)
+  --internal 127.0.0.1:$W_HTTP --admin 127.0.0.1:$W_ADMIN --threads "$WORKERS" > /dev/null 2> "$work/wharf.log" & pids+=($!); wharf_pid=$!
 
 for port in $UP $N_HTTP $N_HTTPS $H_HTTP $H_HTTPS $W_HTTP $W_HTTPS; do
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 curl -sf --resolve "$HOST:$W_HTTPS:127.0.0.1" -k "https://$HOST:$W_HTTPS/" >/dev/null || { cat "$work/wharf.log"; exit 1; }
 
-# wrk → "rps p50_ms p99_ms"
+# CPU time (clock ticks, user + system) of a proxy: the process and its children (nginx workers).
+cpu_ticks() {
+  local p t=0
+  for p in "$1" $(pgrep -P "$1" || true); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+TICK=$(getconf CLK_TCK)
+# wrk against the proxy with this PID → "rps p50_ms p99_ms cpu_us_per_request"
 run_wrk() {
-  local out
+  local pid=$1; shift
+  local out before after
+  before=$(cpu_ticks "$pid")
   out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" 2>&1)
-  local rps p50 p99
+  after=$(cpu_ticks "$pid")
+  local rps p50 p99 total
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+  total=$(awk '/requests in/ {print $1}' <<<"$out")
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $(awk -v t=$((after - before)) -v n="${total:-0}" -v hz="$TICK" \
+    'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "nan" }')"
 }
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v+0 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } else print "nan" }'; }
 run_h2load() {
-  local out
+  local pid=$1; shift
+  local out before after
+  before=$(cpu_ticks "$pid")
   out=$(h2load -D "$DURATION" -c "$CONNS" -m 10 -t 1 "$@" 2>&1)
+  after=$(cpu_ticks "$pid")
   local rps p50 p99
   rps=$(awk '/^finished in/ {for(i=1;i<=NF;i++) if ($i=="req/s,") print $(i-1)}' <<<"$out")
   # h2load reports mean and sd; mean stands in for p50, max for p99's column.
   p50=$(awk '/^time for request:/ {print $6}' <<<"$out")
   p99=$(awk '/^time for request:/ {print $5}' <<<"$out")
-  echo "${rps:-0} $(to_ms "${p50:-0us}") $(to_ms "${p99:-0us}")"
+  echo "${rps:-0} $(to_ms "${p50:-0us}") $(to_ms "${p99:-0us}") $(awk -v t=$((after - before)) -v r="${rps:-0}" \
+    -v d="$DURATION" -v hz="$TICK" 'BEGIN { if (r > 0) printf "%.1f", t / hz * 1e6 / (r * d); else print "nan" }')"
 }
 
 printf '\n%-22s %12s %12s %12s %14s %14s\n' case wharf nginx haproxy wharf/nginx wharf/haproxy
 row() {
   local name=$1 w=$2 n=$3 h=$4
-  read -r wr w50 w99 <<<"$w"; read -r nr n50 n99 <<<"$n"; read -r hr h50 h99 <<<"$h"
+  read -r wr w50 w99 wc <<<"$w"; read -r nr n50 n99 nc <<<"$n"; read -r hr h50 h99 hc <<<"$h"
   printf '%-22s %12s %12s %12s %14s %14s\n' "$name rps" "$wr" "$nr" "$hr" \
     "$(awk -v a="$wr" -v b="$nr" 'BEGIN{printf "%.2f", a/b}')" "$(awk -v a="$wr" -v b="$hr" 'BEGIN{printf "%.2f", a/b}')"
   printf '%-22s %12s %12s %12s %14s %14s\n' "  p50 ms" "$w50" "$n50" "$h50" "" ""
   printf '%-22s %12s %12s %12s %14s %14s\n' "  p99 ms" "$w99" "$n99" "$h99" "" ""
+  printf '%-22s %12s %12s %12s %14s %14s\n' "  cpu us/request" "$wc" "$nc" "$hc" \
+    "$(awk -v a="$wc" -v b="$nc" 'BEGIN{printf "%.2f", a/b}')" "$(awk -v a="$wc" -v b="$hc" 'BEGIN{printf "%.2f", a/b}')"
 }
 H="Host: $HOST"
-row "http1 keep-alive" "$(run_wrk -H "$H" "http://127.0.0.1:$W_HTTP/")" "$(run_wrk -H "$H" "http://127.0.0.1:$N_HTTP/")" "$(run_wrk -H "$H" "http://127.0.0.1:$H_HTTP/")"
-row "tls keep-alive" "$(run_wrk -H "$H" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk -H "$H" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk -H "$H" "https://127.0.0.1:$H_HTTPS/")"
-row "tls new conn/request" "$(run_wrk -H "$H" -H "Connection: close" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk -H "$H" -H "Connection: close" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk -H "$H" -H "Connection: close" "https://127.0.0.1:$H_HTTPS/")"
-row "h2 (h2load, mean/max)" "$(run_h2load "https://127.0.0.1:$W_HTTPS/" --header=":authority: $HOST")" "$(run_h2load "https://127.0.0.1:$N_HTTPS/" --header=":authority: $HOST")" "$(run_h2load "https://127.0.0.1:$H_HTTPS/" --header=":authority: $HOST")"
+row "http1 keep-alive" "$(run_wrk $wharf_pid -H "$H" "http://127.0.0.1:$W_HTTP/")" "$(run_wrk $nginx_pid -H "$H" "http://127.0.0.1:$N_HTTP/")" "$(run_wrk $haproxy_pid -H "$H" "http://127.0.0.1:$H_HTTP/")"
+row "tls keep-alive" "$(run_wrk $wharf_pid -H "$H" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk $nginx_pid -H "$H" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk $haproxy_pid -H "$H" "https://127.0.0.1:$H_HTTPS/")"
+row "tls new conn/request" "$(run_wrk $wharf_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk $nginx_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk $haproxy_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$H_HTTPS/")"
+row "h2 (h2load, mean/max)" "$(run_h2load $wharf_pid "https://127.0.0.1:$W_HTTPS/" --header=":authority: $HOST")" "$(run_h2load $nginx_pid "https://127.0.0.1:$N_HTTPS/" --header=":authority: $HOST")" "$(run_h2load $haproxy_pid "https://127.0.0.1:$H_HTTPS/" --header=":authority: $HOST")"
 
 # Filters: the same site route with JWT + CORS on, against it with none, in this run.
-plain=$(run_wrk -H "Host: plain.wharf.test" "https://127.0.0.1:$W_HTTPS/api/x")
-guarded=$(run_wrk -H "Host: guarded.wharf.test" -H "Authorization: Bearer $TOKEN" -H "Origin: https://app.bench.test" "https://127.0.0.1:$W_HTTPS/api/x")
+plain=$(run_wrk $wharf_pid -H "Host: plain.wharf.test" "https://127.0.0.1:$W_HTTPS/api/x")
+guarded=$(run_wrk $wharf_pid -H "Host: guarded.wharf.test" -H "Authorization: Bearer $TOKEN" -H "Origin: https://app.bench.test" "https://127.0.0.1:$W_HTTPS/api/x")
 curl -s -o /dev/null -w '%{http_code}' --resolve "guarded.wharf.test:$W_HTTPS:127.0.0.1" -k -H "Authorization: Bearer $TOKEN" \
   "https://guarded.wharf.test:$W_HTTPS/api/x" | grep -q 200 || { echo "the filtered route did not answer 200" >&2; exit 1; }
-read -r pr p50 p99 <<<"$plain"; read -r gr g50 g99 <<<"$guarded"
+read -r pr p50 p99 _ <<<"$plain"; read -r gr g50 g99 _ <<<"$guarded"
 printf '\n%-34s %12s %12s %12s\n' "wharf, TLS keep-alive, site route" rps "p50 ms" "p99 ms"
 printf '%-34s %12s %12s %12s\n' "no filters" "$pr" "$p50" "$p99"
 printf '%-34s %12s %12s %12s\n' "JWT + CORS" "$gr" "$g50" "$g99"
