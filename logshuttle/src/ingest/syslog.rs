@@ -83,27 +83,38 @@ pub async fn bind_tcp(
 
 /// Batches of one connection handed to the bus and not yet durable. Syslog over TCP has no
 /// acknowledgement of its own (RFC 6587): what the kernel took is all a sender knows. So the
-/// connection reads on while up to `WINDOW` batches (each at most one read, 64 KiB) are on their
-/// way into Kafka, and waits for the oldest before reading more: a crash can lose at most that
-/// window of lines the sender already wrote. The Logplex `POST /logs` answers only once its
-/// lines are durable. 32 (2 MiB): with 8, one connection waited on Kafka's round trips
-/// (BENCHMARKS.md: the relay through tansu went from 0.58-0.83x rsyslog to 1.18-1.34x).
-const WINDOW: usize = 32;
+/// connection reads on while up to `WINDOW_BYTES` of frames are on their way into Kafka, and
+/// waits for the oldest batches before reading more: a crash can lose at most that window of
+/// lines the sender already wrote. The Logplex `POST /logs` answers only once its lines are
+/// durable. 8 MiB: with 512 KiB, then 2 MiB, one connection still waited on Kafka's round trips
+/// (BENCHMARKS.md); the kernel's receive buffer, which a crash loses too, may hold several
+/// times that (`tcp_rmem`).
+const WINDOW_BYTES: usize = 8 * 1024 * 1024;
+/// One hand-over to the bus takes what the socket already holds, up to this many bytes of
+/// frames: on Kafka each hand-over is one record per app, and the broker's work goes by
+/// records and requests far more than by bytes (BENCHMARKS.md), so a busy connection makes few
+/// large records; a quiet one still hands over each read at once.
+const HANDOVER_BYTES: usize = 256 * 1024;
+/// Free space kept in the read buffer before each read.
+const READ_ROOM: usize = 64 * 1024;
 
 struct InFlight {
-    receipts: VecDeque<(Receipt, usize)>,
+    /// Receipt, lines, bytes of frames.
+    receipts: VecDeque<(Receipt, usize, usize)>,
+    bytes: usize,
 }
 
 impl InFlight {
     async fn settle_one(&mut self, metrics: &crate::Metrics, peer: SocketAddr) {
-        if let Some((r, n)) = self.receipts.pop_front()
-            && let Err(e) = r.await
-        {
-            metrics
-                .ingest_lost
-                .with_label_values(&["syslog-tcp"])
-                .inc_by(n as u64);
-            tracing::error!(%peer, error = %e, lines = n, "the bus did not store lines taken from a syslog connection");
+        if let Some((r, n, bytes)) = self.receipts.pop_front() {
+            self.bytes -= bytes;
+            if let Err(e) = r.await {
+                metrics
+                    .ingest_lost
+                    .with_label_values(&["syslog-tcp"])
+                    .inc_by(n as u64);
+                tracing::error!(%peer, error = %e, lines = n, "the bus did not store lines taken from a syslog connection");
+            }
         }
     }
 
@@ -114,13 +125,16 @@ impl InFlight {
     }
 }
 
-/// Hand the lines of one read to the bus; `false` when the bus is gone.
+/// Hand the lines of one or more reads (`bytes` of frames) to the bus; `false` when the bus is
+/// gone.
 async fn hand_over(
     handle: &Handle,
     lines: &mut Vec<LogLine>,
+    bytes: &mut usize,
     inflight: &mut InFlight,
     peer: SocketAddr,
 ) -> bool {
+    let taken = std::mem::take(bytes);
     if lines.is_empty() {
         return true;
     }
@@ -129,8 +143,9 @@ async fn hand_over(
     match handle.send_to_bus(lines).await {
         Ok(r) => {
             lines.clear();
-            inflight.receipts.push_back((r, n));
-            while inflight.receipts.len() > WINDOW {
+            inflight.receipts.push_back((r, n, taken));
+            inflight.bytes += taken;
+            while inflight.bytes > WINDOW_BYTES && inflight.receipts.len() > 1 {
                 inflight.settle_one(metrics, peer).await;
             }
             true
@@ -147,28 +162,49 @@ async fn hand_over(
     }
 }
 
+/// How a read ended.
+enum Read {
+    More,
+    /// Nothing waiting now (only from a read that does not wait).
+    Empty,
+    Eof,
+    Failed(std::io::Error),
+}
+
+fn reserve_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_ROOM / 4 {
+        buf.reserve(READ_ROOM);
+    }
+}
+
 async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token: Option<String>) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(READ_ROOM);
     let mut dec = FrameDecoder { max: MAX_FRAME };
     let metrics = handle.metrics().clone();
     let mut lines = Vec::with_capacity(512);
+    // Bytes of the frames in `lines`.
+    let mut taken = 0usize;
     let mut inflight = InFlight {
         receipts: VecDeque::new(),
+        bytes: 0,
     };
     loop {
         let tokens = handle.tokens();
         loop {
             match dec.decode(&mut buf) {
-                Ok(Some(frame)) => match line_of(&tokens, &frame, token.as_deref()) {
-                    Ok(l) => lines.push(l),
-                    Err((reason, e)) => {
-                        metrics
-                            .ingest_errors
-                            .with_label_values(&["syslog-tcp", reason])
-                            .inc();
-                        tracing::warn!(%peer, error = %e, "syslog message skipped");
+                Ok(Some(frame)) => {
+                    taken += frame.len();
+                    match line_of(&tokens, &frame, token.as_deref()) {
+                        Ok(l) => lines.push(l),
+                        Err((reason, e)) => {
+                            metrics
+                                .ingest_errors
+                                .with_label_values(&["syslog-tcp", reason])
+                                .inc();
+                            tracing::warn!(%peer, error = %e, "syslog message skipped");
+                        }
                     }
-                },
+                }
                 Ok(None) => break,
                 Err(e) => {
                     metrics
@@ -176,20 +212,41 @@ async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token:
                         .with_label_values(&["syslog-tcp", "framing"])
                         .inc();
                     tracing::warn!(%peer, error = %e, "bad syslog framing; closing the connection");
-                    hand_over(&handle, &mut lines, &mut inflight, peer).await;
+                    hand_over(&handle, &mut lines, &mut taken, &mut inflight, peer).await;
                     inflight.settle_all(&metrics, peer).await;
                     return;
                 }
             }
         }
-        if !hand_over(&handle, &mut lines, &mut inflight, peer).await {
+        reserve_room(&mut buf);
+        // What the socket holds already joins this hand-over (never waits for more).
+        let mut read = if taken < HANDOVER_BYTES {
+            match sock.try_read_buf(&mut buf) {
+                Ok(0) => Read::Eof,
+                Ok(_) => Read::More,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Read::Empty,
+                Err(e) => Read::Failed(e),
+            }
+        } else {
+            Read::Empty
+        };
+        if matches!(read, Read::More) {
+            continue;
+        }
+        if !hand_over(&handle, &mut lines, &mut taken, &mut inflight, peer).await {
             return;
         }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
+        if matches!(read, Read::Empty) {
+            reserve_room(&mut buf);
+            read = match sock.read_buf(&mut buf).await {
+                Ok(0) => Read::Eof,
+                Ok(_) => Read::More,
+                Err(e) => Read::Failed(e),
+            };
         }
-        match sock.read_buf(&mut buf).await {
-            Ok(0) => {
+        match read {
+            Read::More | Read::Empty => {}
+            Read::Eof => {
                 if !buf.is_empty() {
                     metrics
                         .ingest_errors
@@ -200,8 +257,7 @@ async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token:
                 inflight.settle_all(&metrics, peer).await;
                 return;
             }
-            Ok(_) => {}
-            Err(e) => {
+            Read::Failed(e) => {
                 tracing::debug!(%peer, error = %e, "syslog connection error");
                 inflight.settle_all(&metrics, peer).await;
                 return;
