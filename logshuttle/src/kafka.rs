@@ -211,9 +211,13 @@ fn commit_dirty(consumer: &StreamConsumer, acker: &KafkaAcker, topic: &str, metr
     }
 }
 
-/// Lines of one app travel together: a record holds up to this many lines or bytes.
-const RECORD_LINES: usize = 500;
-const RECORD_BYTES: usize = 128 * 1024;
+/// Lines of one app travel together: a record holds up to this many lines or bytes (plus the
+/// line that crossed the mark). tansu prepares and runs SQL statements per record, both when it
+/// stores one and when it serves one, so few large records cost it far less than many small
+/// ones (BENCHMARKS.md). The byte cap keeps even an incompressible record (≤ 512 KiB and one
+/// 64 KiB line) under the producer's `message.max.bytes` (1 000 000).
+const RECORD_LINES: usize = 4096;
+const RECORD_BYTES: usize = 512 * 1024;
 /// `WL` and format version 1 (plain).
 const MAGIC: &[u8; 3] = b"WL\x01";
 /// `WL` and format version 2: version 1's body compressed with zstd.
@@ -233,10 +237,10 @@ const MAX_RECORD_BODY: usize = 64 * 1024 * 1024;
 /// per batch of an app's lines keeps the broker's per-record work (and the consumer's) off the
 /// per-line path; compression keeps its per-byte work down.
 pub fn encode_records(lines: &[LogLine]) -> Vec<(String, Vec<u8>)> {
-    let mut records = encode_plain(lines);
-    for (_, payload) in &mut records {
-        *payload = compress(payload);
-    }
+    let mut records = Vec::new();
+    encode_each(lines, |app, plain| {
+        records.push((app.to_owned(), compress(plain)))
+    });
     records
 }
 
@@ -245,32 +249,44 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
     static UNZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+    /// A record's plain body, encoded or decompressed: kept for the thread's next record (a
+    /// fresh few hundred KiB each time cost page faults and copies as it grew).
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The thread's scratch buffer, empty, for `f`.
+fn with_scratch<T>(f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    let mut buf = SCRATCH.take();
+    buf.clear();
+    let out = f(&mut buf);
+    SCRATCH.set(buf);
+    out
 }
 
 /// Version 1 payload → version 2; version 1 stays if compression fails (it cannot, short of
 /// memory) or does not pay.
 fn compress(plain: &[u8]) -> Vec<u8> {
     let body = &plain[MAGIC.len()..];
+    let mut out = Vec::with_capacity(7 + zstd::compress_bound(body.len()));
+    out.extend_from_slice(MAGIC_ZSTD);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    let mut out = std::io::Cursor::new(out);
+    out.set_position(7);
     let packed = ZSTD.with_borrow_mut(|z| {
         if z.is_none() {
             *z = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
-        z.as_mut()?.compress(body).ok()
+        z.as_mut()?.compress_to_buffer(body, &mut out).ok()
     });
+    let out = out.into_inner();
     match packed {
-        Some(packed) if packed.len() + 7 < plain.len() => {
-            let mut out = Vec::with_capacity(7 + packed.len());
-            out.extend_from_slice(MAGIC_ZSTD);
-            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            out.extend_from_slice(&packed);
-            out
-        }
+        Some(n) if n > 0 && out.len() == 7 + n && out.len() < plain.len() => out,
         _ => plain.to_vec(),
     }
 }
 
-/// A version 2 payload (after its magic) → version 1's body.
-fn decompress(p: &[u8]) -> Result<Vec<u8>, String> {
+/// A version 2 payload (after its magic) → version 1's body, in `body`.
+fn decompress(p: &[u8], body: &mut Vec<u8>) -> Result<(), String> {
     let (len, frame) = p
         .split_first_chunk::<4>()
         .ok_or_else(|| "record ends early".to_owned())?;
@@ -278,25 +294,36 @@ fn decompress(p: &[u8]) -> Result<Vec<u8>, String> {
     if len > MAX_RECORD_BODY {
         return Err(format!("record body of {len} bytes is too long"));
     }
+    body.clear();
+    body.reserve(len);
     UNZSTD.with_borrow_mut(|z| {
         if z.is_none() {
             *z = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
         }
         let z = z.as_mut().expect("set above");
-        let body = z
-            .decompress(frame, len)
+        // Into the buffer's capacity at most (`len`, or what an earlier record left).
+        let n = z
+            .decompress_to_buffer(frame, body)
             .map_err(|e| format!("bad compressed record: {e}"))?;
-        if body.len() != len {
-            return Err(format!(
-                "compressed record: {} bytes, {len} announced",
-                body.len()
-            ));
+        if n != len {
+            return Err(format!("compressed record: {n} bytes, {len} announced"));
         }
-        Ok(body)
+        Ok(())
     })
 }
 
+#[cfg(test)]
 fn encode_plain(lines: &[LogLine]) -> Vec<(String, Vec<u8>)> {
+    let mut records = Vec::new();
+    encode_each(lines, |app, plain| {
+        records.push((app.to_owned(), plain.to_vec()))
+    });
+    records
+}
+
+/// Version 1 payloads for `lines` (see [`encode_records`]), each handed to `emit` with its app
+/// key; the buffer is reused, so `emit` copies or compresses it.
+fn encode_each(lines: &[LogLine], mut emit: impl FnMut(&str, &[u8])) {
     let mut order: Vec<&str> = Vec::new();
     let mut groups: HashMap<&str, Vec<&LogLine>> = HashMap::new();
     for l in lines {
@@ -306,39 +333,40 @@ fn encode_plain(lines: &[LogLine]) -> Vec<(String, Vec<u8>)> {
         });
         g.push(l);
     }
-    let mut out = Vec::new();
-    for app in order {
-        let mut cur: Option<(Vec<u8>, usize, &str)> = None;
-        for l in &groups[app] {
-            if let Some((buf, n, space)) = &cur
-                && (*n >= RECORD_LINES || buf.len() >= RECORD_BYTES || *space != l.space)
-            {
-                let (buf, _, _) = cur.take().expect("checked");
-                out.push((app.to_owned(), buf));
+    with_scratch(|buf| {
+        for app in order {
+            // Lines in the current record, and its space.
+            let mut cur: Option<(usize, &str)> = None;
+            for l in &groups[app] {
+                if let Some((n, space)) = cur
+                    && (n >= RECORD_LINES || buf.len() >= RECORD_BYTES || space != l.space)
+                {
+                    emit(app, buf);
+                    cur = None;
+                }
+                let (n, _) = cur.get_or_insert_with(|| {
+                    buf.clear();
+                    buf.extend_from_slice(MAGIC);
+                    put_str16(buf, &l.app);
+                    put_str16(buf, &l.space);
+                    (0, l.space.as_str())
+                });
+                buf.push(match l.source {
+                    wharf_config::Source::App => 0,
+                    wharf_config::Source::Heroku => 1,
+                });
+                buf.extend_from_slice(&l.timestamp_us.to_le_bytes());
+                put_str16(buf, &l.process);
+                let text = l.line.as_bytes();
+                buf.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                buf.extend_from_slice(text);
+                *n += 1;
             }
-            let (buf, n, _) = cur.get_or_insert_with(|| {
-                let mut b = Vec::with_capacity(16 * 1024);
-                b.extend_from_slice(MAGIC);
-                put_str16(&mut b, &l.app);
-                put_str16(&mut b, &l.space);
-                (b, 0, l.space.as_str())
-            });
-            buf.push(match l.source {
-                wharf_config::Source::App => 0,
-                wharf_config::Source::Heroku => 1,
-            });
-            buf.extend_from_slice(&l.timestamp_us.to_le_bytes());
-            put_str16(buf, &l.process);
-            let text = l.line.as_bytes();
-            buf.extend_from_slice(&(text.len() as u32).to_le_bytes());
-            buf.extend_from_slice(text);
-            *n += 1;
+            if cur.is_some() {
+                emit(app, buf);
+            }
         }
-        if let Some((buf, _, _)) = cur {
-            out.push((app.to_owned(), buf));
-        }
-    }
-    out
+    });
 }
 
 fn put_str16(b: &mut Vec<u8>, s: &str) {
@@ -353,6 +381,25 @@ fn put_str16(b: &mut Vec<u8>, s: &str) {
 
 /// The lines of a record payload; a JSON line (the format before batching) is read too.
 pub fn decode_record(p: &[u8]) -> Result<Vec<LogLine>, String> {
+    if p.first() == Some(&b'{') {
+        return serde_json::from_slice::<LogLine>(p)
+            .map(|l| vec![l])
+            .map_err(|e| e.to_string());
+    }
+    if let Some(packed) = p.strip_prefix(MAGIC_ZSTD) {
+        with_scratch(|body| {
+            decompress(packed, body)?;
+            decode_body(body)
+        })
+    } else if let Some(body) = p.strip_prefix(MAGIC) {
+        decode_body(body)
+    } else {
+        Err("not a log record (unknown format)".to_owned())
+    }
+}
+
+/// Version 1's body → its lines.
+fn decode_body(body: &[u8]) -> Result<Vec<LogLine>, String> {
     struct R<'a>(&'a [u8]);
     impl<'a> R<'a> {
         fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -372,24 +419,10 @@ pub fn decode_record(p: &[u8]) -> Result<Vec<LogLine>, String> {
             self.str_n(n as usize)
         }
     }
-    if p.first() == Some(&b'{') {
-        return serde_json::from_slice::<LogLine>(p)
-            .map(|l| vec![l])
-            .map_err(|e| e.to_string());
-    }
-    let unpacked;
-    let body = if let Some(packed) = p.strip_prefix(MAGIC_ZSTD) {
-        unpacked = decompress(packed)?;
-        &unpacked[..]
-    } else if let Some(body) = p.strip_prefix(MAGIC) {
-        body
-    } else {
-        return Err("not a log record (unknown format)".to_owned());
-    };
     let mut r = R(body);
     let app = r.str16()?;
     let space = r.str16()?;
-    let mut lines = Vec::new();
+    let mut lines = Vec::with_capacity((body.len() / 128).min(RECORD_LINES));
     while !r.0.is_empty() {
         let source = match r.take(1)?[0] {
             0 => wharf_config::Source::App,
@@ -653,11 +686,12 @@ mod tests {
     #[test]
     fn records_keep_each_apps_lines_in_order_and_round_trip() {
         let mut lines = Vec::new();
-        for i in 0..1_200usize {
+        // b gets a quarter (under one record's worth), a the rest (two records).
+        for i in 0..RECORD_LINES * 12 / 5 {
             lines.push(l(if i.is_multiple_of(4) { "b-s" } else { "a-s" }, i));
         }
         let records = encode_records(&lines);
-        // In order of first appearance: b (300 lines, one record), a (900, at most 500 each).
+        // In order of first appearance: b (one record), a (at most RECORD_LINES each).
         let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["b-s", "a-s", "a-s"]);
         let mut back: Vec<LogLine> = Vec::new();
@@ -672,6 +706,37 @@ mod tests {
         let want_b: Vec<&LogLine> = lines.iter().filter(|x| x.app == "b-s").collect();
         let got_b: Vec<&LogLine> = back.iter().filter(|x| x.app == "b-s").collect();
         assert_eq!(got_b, want_b);
+    }
+
+    #[test]
+    fn an_incompressible_record_stays_under_the_producers_message_limit() {
+        // Text that zstd cannot shrink (a xorshift stream, printable), in long lines.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let lines: Vec<LogLine> = (0..2_000)
+            .map(|i| {
+                let mut one = l("a-s", i);
+                one.line = (0..1_000)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        char::from(b'!' + (x % 90) as u8)
+                    })
+                    .collect();
+                one
+            })
+            .collect();
+        let records = encode_records(&lines);
+        assert!(records.len() > 1);
+        for (_, p) in &records {
+            // librdkafka's default message.max.bytes.
+            assert!(p.len() < 1_000_000, "{} bytes", p.len());
+        }
+        let back: Vec<LogLine> = records
+            .iter()
+            .flat_map(|(_, p)| decode_record(p).unwrap())
+            .collect();
+        assert_eq!(back, lines);
     }
 
     #[test]
