@@ -11,6 +11,10 @@ use wharf_config::shuttle_plan::{AppLogs, DrainTarget};
 use wharf_config::{DrainUrl, LogSettings, ShuttlePlan};
 use wharf_logshuttle::{BusChoice, KafkaOptions, Options, Shuttle};
 
+// The allocator of the `wharf` binary, whose `wharf logshuttle` this relay stands for.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let _ = tracing_subscriber::fmt()
