@@ -13,7 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -79,6 +79,8 @@ impl Acker for KafkaAcker {
 pub struct KafkaBus {
     opts: KafkaOptions,
     producer: FutureProducer,
+    /// To the compressing thread (see [`Bus::send`]).
+    packer: mpsc::Sender<Pack>,
     consumer: Mutex<Option<Arc<StreamConsumer>>>,
     acker: Arc<KafkaAcker>,
     metrics: Metrics,
@@ -105,9 +107,11 @@ impl KafkaBus {
             .set("message.timeout.ms", "60000")
             .set("partitioner", "murmur2_random")
             .create()?;
+        let packer = spawn_packer(opts.topic.clone(), producer.clone(), metrics.clone())?;
         Ok(KafkaBus {
             opts,
             producer,
+            packer,
             consumer: Mutex::new(None),
             acker: Arc::new(KafkaAcker {
                 commits: Mutex::new(Commits {
@@ -133,6 +137,71 @@ impl KafkaBus {
         let _ =
             tokio::task::spawn_blocking(move || commit_dirty(&c, &acker, &topic, &metrics)).await;
     }
+}
+
+/// One [`Bus::send`]'s records, plain (version 1), for the compressing thread, and where the
+/// delivery futures of their produce go.
+struct Pack {
+    records: Vec<(String, Vec<u8>)>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<DeliveryFuture>, Error>>,
+}
+
+/// Sends waiting for the compressing thread, at most: beyond, `send` waits (the bus is full).
+const PACKS: usize = 8;
+
+/// The thread that compresses records and hands them to the producer, in the order of the
+/// sends: zstd is the largest single cost of a line on its way in, and here it runs beside
+/// the connection that reads and parses the next lines instead of in between.
+fn spawn_packer(
+    topic: String,
+    producer: FutureProducer,
+    metrics: Metrics,
+) -> Result<mpsc::Sender<Pack>, Error> {
+    let (tx, mut rx) = mpsc::channel::<Pack>(PACKS);
+    std::thread::Builder::new()
+        .name("kafka-packer".to_owned())
+        .spawn(move || {
+            while let Some(pack) = rx.blocking_recv() {
+                let produced = produce_all(&topic, &producer, &metrics, pack.records);
+                let _ = pack.reply.send(produced);
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Compress and produce `records` in order; the first refusal other than a full queue stops
+/// the rest (the caller hears of it and sends them all again).
+fn produce_all(
+    topic: &str,
+    producer: &FutureProducer,
+    metrics: &Metrics,
+    records: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<DeliveryFuture>, Error> {
+    let mut futures = Vec::with_capacity(records.len());
+    for (key, plain) in records {
+        let payload = compress(&plain);
+        let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
+        loop {
+            match producer.send_result(record) {
+                Ok(f) => {
+                    futures.push(f);
+                    break;
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => {
+                    metrics.kafka_errors.with_label_values(&["produce"]).inc();
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(futures)
 }
 
 /// Create the topic unless it exists. A broker without CreateTopics (or a principal not allowed
@@ -312,7 +381,6 @@ fn decompress(p: &[u8], body: &mut Vec<u8>) -> Result<(), String> {
     })
 }
 
-#[cfg(test)]
 fn encode_plain(lines: &[LogLine]) -> Vec<(String, Vec<u8>)> {
     let mut records = Vec::new();
     encode_each(lines, |app, plain| {
@@ -448,35 +516,17 @@ fn decode_body(body: &[u8]) -> Result<Vec<LogLine>, String> {
 #[async_trait::async_trait]
 impl Bus for KafkaBus {
     async fn send(&self, lines: &mut Vec<LogLine>) -> Result<Receipt, Error> {
-        let records = encode_records(lines);
-        let mut futures = Vec::with_capacity(records.len());
-        for (key, payload) in &records {
-            let mut record = FutureRecord::to(&self.opts.topic).key(key).payload(payload);
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(f) => {
-                        futures.push(f);
-                        break;
-                    }
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                        r,
-                    )) => {
-                        record = r;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => {
-                        self.metrics
-                            .kafka_errors
-                            .with_label_values(&["produce"])
-                            .inc();
-                        return Err(e.into());
-                    }
-                }
-            }
-        }
+        // Encoded here (the lines stay with the caller, to send again on failure), compressed
+        // and produced by the packer thread in send order.
+        let records = encode_plain(lines);
+        let (reply, produced) = tokio::sync::oneshot::channel();
+        self.packer
+            .send(Pack { records, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
         let errors = self.metrics.kafka_errors.with_label_values(&["produce"]);
         Ok(Box::pin(async move {
+            let futures = produced.await.map_err(|_| Error::Closed)??;
             for f in futures {
                 match f.await {
                     Ok(Ok(_)) => {}
