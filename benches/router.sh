@@ -243,6 +243,10 @@ run_wrk() {
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   total=$(awk '/requests in/ {print $1}' <<<"$out")
+  # Every case must measure 200s: a 404 (say, a host the listener does not serve) is cheap.
+  if grep -q "Non-2xx or 3xx responses" <<<"$out"; then
+    echo "non-2xx answers in: wrk $* ($(grep "Non-2xx" <<<"$out"))" >> "$work/non2xx"
+  fi
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $(awk -v t=$((after - before)) -v n="${total:-0}" -v hz="$TICK" \
     'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "nan" }')"
 }
@@ -253,6 +257,9 @@ run_h2load() {
   before=$(cpu_ticks "$pid")
   out=$(h2load -D "$DURATION" -c "$CONNS" -m 10 -t 1 "$@" 2>&1)
   after=$(cpu_ticks "$pid")
+  if awk '/^status codes:/ { if ($7 + $9 > 0) bad = 1 } END { exit !bad }' <<<"$out"; then
+    echo "non-2xx answers in: h2load $* ($(grep "^status codes" <<<"$out"))" >> "$work/non2xx"
+  fi
   local rps p50 p99
   rps=$(awk '/^finished in/ {for(i=1;i<=NF;i++) if ($i=="req/s,") print $(i-1)}' <<<"$out")
   # h2load reports mean and sd; mean stands in for p50, max for p99's column.
@@ -274,7 +281,8 @@ row() {
     "$(awk -v a="$wc" -v b="$nc" 'BEGIN{printf "%.2f", a/b}')" "$(awk -v a="$wc" -v b="$hc" 'BEGIN{printf "%.2f", a/b}')"
 }
 H="Host: $HOST"
-row "http1 keep-alive" "$(run_wrk $wharf_pid -H "$H" "http://127.0.0.1:$W_HTTP/")" "$(run_wrk $nginx_pid -H "$H" "http://127.0.0.1:$N_HTTP/")" "$(run_wrk $haproxy_pid -H "$H" "http://127.0.0.1:$H_HTTP/")"
+# Wharf's plain HTTP/1 listener is its internal one, which serves the app in the internal space.
+row "http1 keep-alive" "$(run_wrk $wharf_pid -H "Host: bench-int.wharf.test" "http://127.0.0.1:$W_HTTP/")" "$(run_wrk $nginx_pid -H "$H" "http://127.0.0.1:$N_HTTP/")" "$(run_wrk $haproxy_pid -H "$H" "http://127.0.0.1:$H_HTTP/")"
 row "tls keep-alive" "$(run_wrk $wharf_pid -H "$H" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk $nginx_pid -H "$H" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk $haproxy_pid -H "$H" "https://127.0.0.1:$H_HTTPS/")"
 row "tls new conn/request" "$(run_wrk $wharf_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk $nginx_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk $haproxy_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$H_HTTPS/")"
 row "h2 (h2load, mean/max)" "$(run_h2load $wharf_pid "https://127.0.0.1:$W_HTTPS/" --header=":authority: $HOST")" "$(run_h2load $nginx_pid "https://127.0.0.1:$N_HTTPS/" --header=":authority: $HOST")" "$(run_h2load $haproxy_pid "https://127.0.0.1:$H_HTTPS/" --header=":authority: $HOST")"
@@ -292,3 +300,8 @@ printf '%-34s %12s\n' "filtered / unfiltered" "$(awk -v a="$gr" -v b="$pr" 'BEGI
 
 echo
 echo "workers per proxy: $WORKERS, connections: $CONNS, duration: ${DURATION}s per case, machine: $(nproc) cores"
+if [ -s "$work/non2xx" ]; then
+  cat "$work/non2xx" >&2
+  echo "a case got answers other than 2xx/3xx: its figures are not comparable" >&2
+  exit 1
+fi
