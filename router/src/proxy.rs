@@ -95,6 +95,9 @@ pub struct Ctx {
 struct UpstreamTimer {
     state: Arc<TimerState>,
     task: tokio::task::JoinHandle<()>,
+    /// Whether the task keeps a body deadline, and so wants every chunk's progress; without
+    /// one it waits only for the body's end.
+    body_deadline: bool,
 }
 
 #[derive(Debug, Default)]
@@ -134,7 +137,15 @@ impl UpstreamTimer {
             ..TimerState::default()
         });
         let s = state.clone();
+        let body_deadline = body.is_some();
         let task = tokio::spawn(async move {
+            let fire = |what: u8| {
+                s.fired.store(what, Ordering::Release);
+                // The socket is still this request's: the timer is cancelled as soon as the
+                // response head arrives or the request ends, before the connection is pooled
+                // or closed.
+                let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+            };
             loop {
                 let bytes = s.body.load(Ordering::Acquire);
                 if bytes == BODY_DONE {
@@ -143,12 +154,7 @@ impl UpstreamTimer {
                 let wait = match &body {
                     Some(d) => match d.remaining(bytes, Instant::now()) {
                         Some(wait) => Some(wait),
-                        None => {
-                            s.fired.store(FIRED_BODY, Ordering::Release);
-                            let _ =
-                                nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
-                            return;
-                        }
+                        None => return fire(FIRED_BODY),
                     },
                     None => None,
                 };
@@ -161,17 +167,20 @@ impl UpstreamTimer {
             }
             let Some(after) = first_byte else { return };
             pingora::prelude::sleep(after).await;
-            s.fired.store(FIRED_FIRST_BYTE, Ordering::Release);
-            // The socket is still this request's: the timer is cancelled as soon as the
-            // response head arrives or the request ends, before the connection is pooled
-            // or closed.
-            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+            fire(FIRED_FIRST_BYTE);
         });
-        Some(UpstreamTimer { state, task })
+        Some(UpstreamTimer {
+            state,
+            task,
+            body_deadline,
+        })
     }
 
     /// The request body got this far (`done`: all of it).
     fn body(&self, bytes: u64, done: bool) {
+        if !done && !self.body_deadline {
+            return;
+        }
         let v = if done { BODY_DONE } else { bytes };
         if self.state.body.swap(v, Ordering::AcqRel) != v {
             self.state.body_progress.notify_one();
@@ -838,12 +847,11 @@ impl ProxyHttp for Edge {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         if let Some(t) = &ctx.upstream_timer {
-            let bytes = ctx.body_bytes + body.as_ref().map_or(0, |b| b.len() as u64);
-            t.body(bytes, end_of_stream);
+            t.body(ctx.body_bytes, end_of_stream);
         }
-        if let Some(b) = body {
-            ctx.body_bytes += b.len() as u64;
+        if body.is_some() {
             if let Some(d) = &ctx.body_deadline
                 && !session.is_http2()
             {
