@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use wharf_config::{LineSink, LogLine, Source};
-use wharf_control::auth::Scope;
 use wharf_control::logs::MemoryLogs;
 use wharf_control::rendezvous::RendezvousConfig;
 use wharf_control::{ControlPlane, NoRuntime, Settings};
@@ -116,7 +115,7 @@ fn line(app: &str, text: &str) -> LogLine {
 }
 
 mod support;
-use support::{Db, fresh_store};
+use support::{Db, fresh_store, serve};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_heroku_cli_works_unchanged() {
@@ -159,14 +158,7 @@ async fn stock_heroku_cli(db: Db) {
     )
     .await
     .unwrap();
-    let token = cp
-        .create_token(Scope::admin(), "heroku cli", "dev@example.com")
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = cp.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let (addr, token) = serve(&cp, "heroku cli", "dev@example.com").await;
     let h = Heroku {
         bin,
         url: format!("http://{addr}"),

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wharf_control::auth::Scope;
-use wharf_control::logs::MemoryLogs;
 use wharf_control::store::Store;
-use wharf_control::{ControlPlane, NoRuntime, Settings};
+
+mod support;
+use support::{control_plane, serve};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -222,22 +222,9 @@ async fn postgres_restarted_under_load_fails_cleanly_and_writes_nothing_by_halve
         .try_init();
     let pg = Cluster::start();
     let store = Store::open(&pg.url()).await.unwrap();
-    let cp = ControlPlane::new(
-        store,
-        Arc::new(NoRuntime::default()),
-        Arc::new(MemoryLogs::default()),
-        Settings::default(),
-    )
-    .await
-    .unwrap();
-    let token = cp
-        .create_token(Scope::admin(), "load", "load@example.com")
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = cp.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let cp = control_plane(store).await;
+    let (addr, token) = serve(&cp, "load", "load@example.com").await;
+    let port = addr.port();
     let t = token.clone();
     let (status, body) = tokio::task::spawn_blocking(move || {
         http(

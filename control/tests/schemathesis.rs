@@ -1,14 +1,8 @@
 //! schemathesis (PyPI; `scripts/deps.sh` installs it) against `/openapi.json` of a control
 //! plane served for real on 127.0.0.1:0: no server errors, no schema or status violations.
 
-use std::sync::Arc;
-
-use wharf_control::auth::Scope;
-use wharf_control::logs::MemoryLogs;
-use wharf_control::{ControlPlane, NoRuntime, Settings};
-
 mod support;
-use support::{Db, fresh_store};
+use support::{Db, control_plane, fresh_store, serve};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_errors_or_schema_violations() {
@@ -33,22 +27,8 @@ async fn schemathesis(db: Db, examples: u32) {
     );
     let dir = tempfile::tempdir().unwrap();
     let (store, _schema) = fresh_store(db, &dir).await;
-    let cp = ControlPlane::new(
-        store,
-        Arc::new(NoRuntime::default()),
-        Arc::new(MemoryLogs::default()),
-        Settings::default(),
-    )
-    .await
-    .unwrap();
-    let token = cp
-        .create_token(Scope::admin(), "schemathesis", "st@example.com")
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = cp.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let cp = control_plane(store).await;
+    let (addr, token) = serve(&cp, "schemathesis", "st@example.com").await;
     let out = tokio::process::Command::new("schemathesis")
         .args(["run", &format!("http://{addr}/openapi.json")])
         .args(["-H", &format!("Authorization: Bearer {token}")])

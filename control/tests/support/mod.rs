@@ -1,7 +1,39 @@
 //! A fresh store per test on either backend: SQLite in a temporary directory, or PostgreSQL on
-//! 127.0.0.1:5432 in a schema of its own, dropped when the test ends.
+//! 127.0.0.1:5432 in a schema of its own, dropped when the test ends; and a control plane
+//! served on a real socket with an admin token.
 
+// Each test crate uses part of this module.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use wharf_control::auth::Scope;
+use wharf_control::logs::MemoryLogs;
 use wharf_control::store::Store;
+use wharf_control::{ControlPlane, NoRuntime, Settings};
+
+/// A control plane on `store`: no runtime, logs in memory, default settings.
+pub async fn control_plane(store: Store) -> ControlPlane {
+    ControlPlane::new(
+        store,
+        Arc::new(NoRuntime::default()),
+        Arc::new(MemoryLogs::default()),
+        Settings::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Serve `cp` on a free port of 127.0.0.1 with a new admin token: (address, token).
+pub async fn serve(cp: &ControlPlane, name: &str, email: &str) -> (SocketAddr, String) {
+    let token = cp.create_token(Scope::admin(), name, email).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = cp.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (addr, token)
+}
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
