@@ -134,7 +134,11 @@ struct QueueSink {
 impl QueueSink {
     /// Within the app's ingest rate? Lines over it are counted for a notice.
     fn within_rate(&self, line: &LogLine) -> bool {
-        let rates = self.rates.read().clone();
+        self.within_rate_of(&self.rates.read().clone(), line)
+    }
+
+    /// [`QueueSink::within_rate`] with the rates already in hand (once per batch).
+    fn within_rate_of(&self, rates: &HashMap<String, wharf_config::Rate>, line: &LogLine) -> bool {
         let Some(rate) = rates.get(&line.app) else {
             return true;
         };
@@ -565,7 +569,11 @@ impl Handle {
     /// Drop the lines over their app's ingest rate. They are counted where the sink counts its
     /// own, and the sink's publisher (which wakes every 250 ms) writes the notice.
     fn within_rates(&self, lines: &mut Vec<LogLine>) {
-        lines.retain(|l| self.0.sink.within_rate(l));
+        let rates = self.0.sink.rates.read().clone();
+        if rates.is_empty() {
+            return;
+        }
+        lines.retain(|l| self.0.sink.within_rate_of(&rates, l));
     }
 
     /// Publish lines and wait until the bus holds them durably (Kafka: acknowledged). Lines

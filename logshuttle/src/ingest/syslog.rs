@@ -40,8 +40,32 @@ impl Drop for SyslogListener {
 
 type Tokens = HashMap<String, (String, String)>;
 
+/// Log token → (app, space), remembering the last token found: a connection's lines mostly
+/// carry one token, and comparing it costs less than hashing it again for every line.
+struct Apps<'a> {
+    tokens: &'a Tokens,
+    last: Option<(&'a str, &'a (String, String))>,
+}
+
+impl<'a> Apps<'a> {
+    fn new(tokens: &'a Tokens) -> Apps<'a> {
+        Apps { tokens, last: None }
+    }
+
+    fn get(&mut self, token: &str) -> Option<&'a (String, String)> {
+        if let Some((t, found)) = self.last
+            && t == token
+        {
+            return Some(found);
+        }
+        let (t, found) = self.tokens.get_key_value(token)?;
+        self.last = Some((t.as_str(), found));
+        Some(found)
+    }
+}
+
 fn line_of(
-    tokens: &Tokens,
+    apps: &mut Apps<'_>,
     frame: &[u8],
     listener_token: Option<&str>,
 ) -> Result<LogLine, (&'static str, String)> {
@@ -51,7 +75,7 @@ fn line_of(
         .as_deref()
         .or(listener_token)
         .ok_or_else(|| ("token", "no token: put token=\"…\" in the structured data or bind the listener to an app's token".to_owned()))?;
-    let (app, space) = tokens
+    let (app, space) = apps
         .get(token)
         .ok_or_else(|| ("token", "unknown log token".to_owned()))?;
     Ok(m.to_line(app, space))
@@ -190,11 +214,12 @@ async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token:
     };
     loop {
         let tokens = handle.tokens();
+        let mut apps = Apps::new(&tokens);
         loop {
             match dec.decode(&mut buf) {
                 Ok(Some(frame)) => {
                     taken += frame.len();
-                    match line_of(&tokens, &frame, token.as_deref()) {
+                    match line_of(&mut apps, &frame, token.as_deref()) {
                         Ok(l) => lines.push(l),
                         Err((reason, e)) => {
                             metrics
@@ -285,7 +310,11 @@ pub async fn bind_udp(
                     continue;
                 }
             };
-            match line_of(&handle.tokens(), &buf[..n], token.as_deref()) {
+            match line_of(
+                &mut Apps::new(&handle.tokens()),
+                &buf[..n],
+                token.as_deref(),
+            ) {
                 Ok(l) => handle.sink().send(l),
                 Err((reason, e)) => {
                     metrics
