@@ -102,7 +102,11 @@ impl KafkaBus {
         ensure_topic(&opts).await?;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &opts.brokers)
-            .set("linger.ms", "5")
+            // The broker's work goes by requests (tansu: one storage transaction per produce
+            // request, statements prepared anew) more than by bytes: 25 ms lets a busy
+            // connection's records share a request (BENCHMARKS.md), and stays well inside a
+            // log line's patience.
+            .set("linger.ms", "25")
             .set("max.in.flight.requests.per.connection", "1")
             .set("message.timeout.ms", "60000")
             .set("partitioner", "murmur2_random")
@@ -553,10 +557,13 @@ impl Bus for KafkaBus {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
-            // One app's lines live in one partition: let a fetch bring more of it, and do not
-            // let the broker sit on a fetch for long when there is little to send.
+            // One app's lines live in one partition: let a fetch bring more of it. tansu holds
+            // every fetch for the whole wait, data or not, and each fetch costs it statements
+            // for every partition of the topic: 100 ms (not 50) halves that fixed cost, and a
+            // fetch of up to 5 MiB every 100 ms still carries several times the lines one
+            // shuttle relays (BENCHMARKS.md).
             .set("max.partition.fetch.bytes", "8388608")
-            .set("fetch.wait.max.ms", "50")
+            .set("fetch.wait.max.ms", "100")
             .create()?;
         consumer.subscribe(&[&self.opts.topic])?;
         let consumer = Arc::new(consumer);
