@@ -217,7 +217,12 @@ TOML
 RUST_LOG=warn "$wharf" router --config "$work/wharf.toml" --https 127.0.0.1:$W_HTTPS --http 127.0.0.1:$W_REDIR \
   --internal 127.0.0.1:$W_HTTP --admin 127.0.0.1:$W_ADMIN --threads "$WORKERS" > /dev/null 2> "$work/wharf.log" & pids+=($!); wharf_pid=$!
 
-for port in $UP $N_HTTP $N_HTTPS $H_HTTP $H_HTTPS $W_HTTP $W_HTTPS; do
+# The same Wharf with its own HTTP/1 path turned off: every request through pingora's proxy.
+P_HTTP=18481; P_HTTPS=18743; P_ADMIN=18490; P_REDIR=18482
+RUST_LOG=warn "$wharf" router --config "$work/wharf.toml" --https 127.0.0.1:$P_HTTPS --http 127.0.0.1:$P_REDIR \
+  --internal 127.0.0.1:$P_HTTP --admin 127.0.0.1:$P_ADMIN --threads "$WORKERS" --pingora-only > /dev/null 2> "$work/wharf-pingora.log" & pids+=($!); pingora_pid=$!
+
+for port in $UP $N_HTTP $N_HTTPS $H_HTTP $H_HTTPS $W_HTTP $W_HTTPS $P_HTTP $P_HTTPS; do
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 curl -sf --resolve "$HOST:$W_HTTPS:127.0.0.1" -k "https://$HOST:$W_HTTPS/" >/dev/null || { cat "$work/wharf.log"; exit 1; }
@@ -286,6 +291,18 @@ row "http1 keep-alive" "$(run_wrk $wharf_pid -H "Host: bench-int.wharf.test" "ht
 row "tls keep-alive" "$(run_wrk $wharf_pid -H "$H" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk $nginx_pid -H "$H" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk $haproxy_pid -H "$H" "https://127.0.0.1:$H_HTTPS/")"
 row "tls new conn/request" "$(run_wrk $wharf_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk $nginx_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk $haproxy_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$H_HTTPS/")"
 row "h2 (h2load, mean/max)" "$(run_h2load $wharf_pid "https://127.0.0.1:$W_HTTPS/" --header=":authority: $HOST")" "$(run_h2load $nginx_pid "https://127.0.0.1:$N_HTTPS/" --header=":authority: $HOST")" "$(run_h2load $haproxy_pid "https://127.0.0.1:$H_HTTPS/" --header=":authority: $HOST")"
+
+# Wharf's own HTTP/1 path against pingora's proxy path, same binary, same run.
+printf '\n%-22s %12s %12s %14s\n' "wharf path" direct pingora direct/pingora
+path_row() {
+  local name=$1 d=$2 p=$3
+  read -r dr d50 d99 dc <<<"$d"; read -r pr p50 p99 pc <<<"$p"
+  printf '%-22s %12s %12s %14s\n' "$name rps" "$dr" "$pr" "$(awk -v a="$dr" -v b="$pr" 'BEGIN{printf "%.2f", a/b}')"
+  printf '%-22s %12s %12s %14s\n' "  p99 ms" "$d99" "$p99" ""
+  printf '%-22s %12s %12s %14s\n' "  cpu us/request" "$dc" "$pc" "$(awk -v a="$dc" -v b="$pc" 'BEGIN{printf "%.2f", a/b}')"
+}
+path_row "http1 keep-alive" "$(run_wrk $wharf_pid -H "Host: bench-int.wharf.test" "http://127.0.0.1:$W_HTTP/")" "$(run_wrk $pingora_pid -H "Host: bench-int.wharf.test" "http://127.0.0.1:$P_HTTP/")"
+path_row "tls keep-alive" "$(run_wrk $wharf_pid -H "$H" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk $pingora_pid -H "$H" "https://127.0.0.1:$P_HTTPS/")"
 
 # Filters: the same site route with JWT + CORS on, against it with none, in this run.
 plain=$(run_wrk $wharf_pid -H "Host: plain.wharf.test" "https://127.0.0.1:$W_HTTPS/api/x")

@@ -12,7 +12,7 @@ pub fn valid_request_id(id: &[u8]) -> bool {
 }
 
 /// Headers meaningful only for one hop (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",

@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod canary;
+pub mod chunked;
 pub mod client;
 pub mod filters;
 pub mod h2_guard;

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub canary_aborts: IntCounterVec,
     pub log_lines_dropped: IntCounter,
     pub dynos_marked_down: IntCounter,
+    pub direct_requests: IntCounter,
     pub jwks_fetches: IntCounterVec,
     pub jwt_verdicts: IntCounterVec,
 }
@@ -102,6 +103,11 @@ impl Metrics {
                 "Connect failures that took a dyno out for the back-off",
             )
             .unwrap(),
+            direct_requests: IntCounter::new(
+                "direct_requests_total",
+                "Requests served by the router's own HTTP/1 path (the others by pingora's)",
+            )
+            .unwrap(),
             jwks_fetches: IntCounterVec::new(
                 Opts::new("jwks_fetches_total", "JWKS document fetches by result"),
                 &["result"],
@@ -130,6 +136,7 @@ impl Metrics {
         r.register(Box::new(m.canary_aborts.clone())).unwrap();
         r.register(Box::new(m.log_lines_dropped.clone())).unwrap();
         r.register(Box::new(m.dynos_marked_down.clone())).unwrap();
+        r.register(Box::new(m.direct_requests.clone())).unwrap();
         r.register(Box::new(m.jwks_fetches.clone())).unwrap();
         r.register(Box::new(m.jwt_verdicts.clone())).unwrap();
         m

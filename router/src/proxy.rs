@@ -6,6 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+mod direct;
+pub(crate) use direct::{ConnInfo, Outcome};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,7 +44,7 @@ pub enum Kind {
     Internal,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Edge {
     pub kind: Kind,
     pub shared: Arc<Shared>,
@@ -477,18 +480,39 @@ impl Edge {
         if self.kind != Kind::PublicHttps {
             return Ok(());
         }
-        if let Some(live) = &ctx.live {
-            let h = &live.table.settings.hsts;
-            if h.enabled {
-                let v = if h.include_subdomains {
-                    format!("max-age={}; includeSubDomains", h.max_age)
-                } else {
-                    format!("max-age={}", h.max_age)
-                };
-                resp.insert_header("strict-transport-security", v)?;
-            }
+        if let Some(v) = ctx
+            .live
+            .as_ref()
+            .and_then(|l| hsts_value(&l.table.settings))
+        {
+            resp.insert_header("strict-transport-security", v)?;
         }
         Ok(())
+    }
+}
+
+/// The `Strict-Transport-Security` value of HTTPS responses, when HSTS is on.
+fn hsts_value(s: &wharf_config::RouterSettings) -> Option<String> {
+    let h = &s.hsts;
+    h.enabled.then(|| {
+        if h.include_subdomains {
+            format!("max-age={}; includeSubDomains", h.max_age)
+        } else {
+            format!("max-age={}", h.max_age)
+        }
+    })
+}
+
+/// The body of the router's own answer for a proxy failure with `code` (or plain `status`).
+fn error_body(code: Option<HCode>, status: u16) -> &'static [u8] {
+    match code {
+        Some(HCode::H12) => b"Application error: request timeout\n",
+        Some(HCode::H19) | Some(HCode::H21) => b"Application error: dyno unreachable\n",
+        Some(HCode::H13) => b"Application error: connection closed without response\n",
+        Some(HCode::H25) => b"Bad Gateway: invalid response from the app\n",
+        Some(HCode::H28) => b"Request Timeout: the request body came too slowly\n",
+        _ if status == 400 => b"Bad Request\n",
+        _ => b"Application error\n",
     }
 }
 
@@ -871,31 +895,18 @@ impl ProxyHttp for Edge {
         let live = ctx.live.clone().expect("request_filter ran");
         let app_idx = ctx.app.expect("routed");
         let app = &live.apps[app_idx];
-        let side = *ctx.side.get_or_insert_with(|| match &app.canary {
-            Some(c) if !c.pool.is_empty() => {
-                let weight = c.weight.load(std::sync::atomic::Ordering::Relaxed);
-                let sticky = live.table.apps[app_idx]
-                    .canary
-                    .as_ref()
-                    .is_some_and(|t| t.sticky);
-                if sticky && let Some(side) = sticky_side(session.req_header()) {
-                    return if side == Side::Canary && weight == 0 {
-                        Side::Stable
-                    } else {
-                        side
-                    };
-                }
-                let n = c.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let side = if app.stable.is_empty() || goes_to_canary(n, weight) {
-                    Side::Canary
-                } else {
-                    Side::Stable
-                };
-                ctx.set_sticky = sticky;
-                side
-            }
-            _ => Side::Stable,
-        });
+        if ctx.side.is_none() {
+            let cookies = session
+                .req_header()
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes());
+            let (side, set_sticky) = choose_side(&live, app_idx, || sticky_side(cookies));
+            ctx.side = Some(side);
+            ctx.set_sticky = set_sticky;
+        }
+        let side = ctx.side.unwrap_or(Side::Stable);
         let pool = app.pool(Some(side));
         let now = now_ms();
         let Some(b) = pool.pick(now, &ctx.tried) else {
@@ -1152,15 +1163,7 @@ impl ProxyHttp for Edge {
         };
         if status > 0 && !ctx.response_started {
             ctx.status = status;
-            let body = Bytes::from_static(match code {
-                Some(HCode::H12) => b"Application error: request timeout\n",
-                Some(HCode::H19) | Some(HCode::H21) => b"Application error: dyno unreachable\n",
-                Some(HCode::H13) => b"Application error: connection closed without response\n",
-                Some(HCode::H25) => b"Bad Gateway: invalid response from the app\n",
-                Some(HCode::H28) => b"Request Timeout: the request body came too slowly\n",
-                _ if status == 400 => b"Bad Request\n",
-                _ => b"Application error\n",
-            });
+            let body = Bytes::from_static(error_body(code, status));
             let _ = session.respond_error_with_body(status, body).await;
         } else if ctx.response_started && code.is_none() {
             ctx.code = Some(HCode::H13);
@@ -1172,13 +1175,21 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let m = &self.shared.metrics;
-        m.in_flight.dec();
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .filter(|s| *s != 0 && ctx.code != Some(HCode::H27))
             .unwrap_or(ctx.status);
+        self.record(ctx, status, session.body_bytes_sent() as u64);
+    }
+}
+
+impl Edge {
+    /// The end of every request, whichever path served it: metrics, canary statistics (and
+    /// the abort), and the router log line. `bytes`: response body bytes sent.
+    fn record(&self, ctx: &Ctx, status: u16, bytes: u64) {
+        let m = &self.shared.metrics;
+        m.in_flight.dec();
         let elapsed = ctx.start.elapsed();
         if let Some(code) = ctx.code {
             m.errors.with_label_values(&[code.as_str()]).inc();
@@ -1249,7 +1260,7 @@ impl ProxyHttp for Edge {
             connect_ms: ctx.connect_ms,
             service_ms: elapsed.as_millis() as u64,
             status,
-            bytes: session.body_bytes_sent() as u64,
+            bytes,
             protocol: self.protocol(),
             tls_version: ctx.tls_version,
         });
@@ -1289,9 +1300,39 @@ fn rate(f: wharf_config::SideFigures) -> f64 {
     }
 }
 
-fn sticky_side(req: &RequestHeader) -> Option<Side> {
-    for v in req.headers.get_all(http::header::COOKIE) {
-        let s = v.to_str().ok()?;
+/// The side a request goes to, and whether the response sets the sticky cookie: the cookie's
+/// side when the canary is sticky (stable once the canary is aborted), else the exact split.
+fn choose_side(live: &Live, app_idx: usize, cookie: impl FnOnce() -> Option<Side>) -> (Side, bool) {
+    let app = &live.apps[app_idx];
+    let Some(c) = app.canary.as_ref().filter(|c| !c.pool.is_empty()) else {
+        return (Side::Stable, false);
+    };
+    let weight = c.weight.load(Ordering::Relaxed);
+    let sticky = live.table.apps[app_idx]
+        .canary
+        .as_ref()
+        .is_some_and(|t| t.sticky);
+    if sticky && let Some(side) = cookie() {
+        let side = if side == Side::Canary && weight == 0 {
+            Side::Stable
+        } else {
+            side
+        };
+        return (side, false);
+    }
+    let n = c.counter.fetch_add(1, Ordering::Relaxed);
+    let side = if app.stable.is_empty() || goes_to_canary(n, weight) {
+        Side::Canary
+    } else {
+        Side::Stable
+    };
+    (side, sticky)
+}
+
+/// The side named by a `wharf-canary` cookie among the request's `Cookie` header values.
+fn sticky_side<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Side> {
+    for v in values {
+        let s = std::str::from_utf8(v).ok()?;
         for pair in s.split(';') {
             match pair.trim() {
                 "wharf-canary=canary" => return Some(Side::Canary),

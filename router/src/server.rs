@@ -31,7 +31,7 @@ use crate::filters::jwks::JwksCache;
 use crate::live::{Live, Rejected};
 use crate::metrics::Metrics;
 use crate::overflow::{self, Head};
-use crate::proxy::{Edge, Kind};
+use crate::proxy::{ConnInfo, Edge, Kind, Outcome};
 use crate::shared::Shared;
 use crate::tls::{Sni, SniResolver};
 
@@ -45,6 +45,10 @@ const KEEPALIVE_SECS: u64 = 60;
 /// headers than pingora parses (256) and at most 1000 is split (`overflow`), more → 431.
 struct HeadGuard {
     proxy: Arc<HttpProxy<Edge>>,
+    /// The same proxy's own HTTP/1 path for the common request (`proxy::direct`).
+    edge: Edge,
+    /// Whether that path is on (HTTPS and internal listeners, unless turned off).
+    direct: bool,
     metrics: Metrics,
     shared: Arc<Shared>,
     /// HTTPS: the TLS handshake is done here, once the connection holds its slot.
@@ -86,11 +90,40 @@ impl ServerApp for HeadGuard {
             .map(|d| Arc::as_ptr(&d) as usize);
         let mut settings = None;
         let mut fresh = true;
+        let conn_info = self.direct.then(|| ConnInfo::of(&stream));
+        let mut ahead = BytesMut::new();
         loop {
             let limiter = &self.shared.limits;
-            let (s, mut head, end) =
-                read_head(stream, shutdown, fresh, first_byte_by, header, limiter).await?;
+            let (s, mut head, end) = read_head(
+                stream,
+                ahead,
+                shutdown,
+                fresh,
+                first_byte_by,
+                header,
+                limiter,
+            )
+            .await?;
             stream = s;
+            ahead = BytesMut::new();
+            if let (Some(info), Some(end)) = (&conn_info, end) {
+                let closing = *shutdown.borrow();
+                match self
+                    .edge
+                    .serve_direct(stream, head, end, info, closing)
+                    .await
+                {
+                    Outcome::Served(s, rest) => {
+                        stream = s;
+                        ahead = rest;
+                        fresh = false;
+                        first_byte_by = Instant::now() + Duration::from_secs(KEEPALIVE_SECS);
+                        continue;
+                    }
+                    Outcome::Closed => return None,
+                    Outcome::Pingora(s, h) => (stream, head) = (s, h),
+                }
+            }
             let mut parked = None;
             let split = end.map_or(Head::AsIs, |end| overflow::split(&head, end));
             match (split, conn) {
@@ -144,6 +177,7 @@ Request Header Fields Too Large\n";
 /// of a head came), or the server is shutting down. `fresh`: the connection's first request.
 async fn read_head(
     mut stream: Stream,
+    ahead: BytesMut,
     shutdown: &ShutdownWatch,
     fresh: bool,
     first_byte_by: Instant,
@@ -152,8 +186,16 @@ async fn read_head(
 ) -> Option<(Stream, BytesMut, Option<usize>)> {
     let mut stop = shutdown.clone();
     let read = async move {
-        let mut buf = BytesMut::with_capacity(4096);
+        let mut buf = ahead;
         let mut by = first_byte_by;
+        if !buf.is_empty() {
+            // Sent ahead while the previous request was served (pipelined).
+            if let Some(end) = head_end(&buf) {
+                return Some((stream, buf, Some(end)));
+            }
+            by = client::head_deadline(first_byte_by, Instant::now(), header);
+        }
+        buf.reserve(4096);
         loop {
             let n = match tokio::time::timeout_at(by.into(), stream.read_buf(&mut buf)).await {
                 Ok(n) => n.ok()?,
@@ -202,7 +244,7 @@ pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Where to listen. Port 0 picks a free port; [`Handle::addrs`] tells which.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Public HTTPS (apps and public sites).
     pub https: Option<SocketAddr>,
@@ -214,6 +256,22 @@ pub struct Options {
     pub admin: Option<SocketAddr>,
     /// Worker threads of the HTTPS listener (0: one per core).
     pub threads: usize,
+    /// Serve the common HTTP/1 request on the router's own path (`proxy::direct`) rather
+    /// than pingora's. On in [`Options::default`]; off only to compare the two.
+    pub direct: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            https: None,
+            http: None,
+            internal: None,
+            admin: None,
+            threads: 0,
+            direct: true,
+        }
+    }
 }
 
 /// The addresses actually bound.
@@ -349,6 +407,7 @@ fn edge_service(
     kind: Kind,
     name: &str,
     tls: Option<Acceptor>,
+    direct: bool,
 ) -> Service<HeadGuard> {
     let edge = Edge {
         kind,
@@ -357,6 +416,8 @@ fn edge_service(
     Service::new(
         name.to_owned(),
         HeadGuard {
+            direct: direct && kind != Kind::PublicHttp,
+            edge: edge.clone(),
             proxy: Arc::new(pingora::proxy::http_proxy(conf, edge)),
             metrics: shared.metrics.clone(),
             shared: shared.clone(),
@@ -444,19 +505,27 @@ impl Handle {
                 Kind::PublicHttps,
                 "wharf-https",
                 Some(tls.build()),
+                opts.direct,
             );
             svc.add_tcp(&a.to_string());
             svc.threads = Some(threads);
             server.add_service(svc);
         }
         if let Some(a) = addrs.http {
-            let mut svc = edge_service(&sc, &shared, Kind::PublicHttp, "wharf-http", None);
+            let mut svc = edge_service(&sc, &shared, Kind::PublicHttp, "wharf-http", None, false);
             svc.add_tcp(&a.to_string());
             svc.threads = Some(1);
             server.add_service(svc);
         }
         if let Some(a) = addrs.internal {
-            let mut svc = edge_service(&sc, &shared, Kind::Internal, "wharf-internal", None);
+            let mut svc = edge_service(
+                &sc,
+                &shared,
+                Kind::Internal,
+                "wharf-internal",
+                None,
+                opts.direct,
+            );
             svc.add_tcp(&a.to_string());
             svc.threads = Some(threads.min(2));
             server.add_service(svc);

@@ -30,6 +30,10 @@ pub struct RouterArgs {
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Proxy every request through pingora, not only those the router's own HTTP/1 path
+    /// leaves to it (to compare the two; benches/router.sh does).
+    #[arg(long)]
+    pub pingora_only: bool,
 }
 
 /// A listener address, or `none`.
@@ -78,6 +82,7 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
                 internal: args.internal.0,
                 admin: args.admin.0,
                 threads: args.threads,
+                direct: !args.pingora_only,
             },
             table,
             Arc::new(super::stdout_sink::StdoutSink::start()),

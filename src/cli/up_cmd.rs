@@ -263,6 +263,7 @@ async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
                 internal: a.internal.0,
                 admin: a.admin.0,
                 threads: 0,
+                ..wharf_router::Options::default()
             },
             first.router,
             shuttle.sink(),

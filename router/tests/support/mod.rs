@@ -353,6 +353,7 @@ pub fn start(s: &Snapshot, sink: &Collect) -> wharf_router::Handle {
             internal: Some(any),
             admin: Some(any),
             threads: 2,
+            ..wharf_router::Options::default()
         },
         compile(s),
         Arc::new(sink.clone()),
