@@ -6,9 +6,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-
-mod direct;
-pub(crate) use direct::{ConnInfo, Outcome};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +29,9 @@ use crate::live::{Live, now_ms};
 use crate::logline::{self, HCode};
 use crate::shared::Shared;
 use crate::tls::Sni;
+
+mod direct;
+pub(crate) use direct::{ConnInfo, Outcome};
 
 /// Which listener a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,7 +279,6 @@ impl Edge {
     async fn proxy_upgrade(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let live = ctx.live.clone().expect("request_filter ran");
         let s = &live.table.settings;
-        let connect_timeout = Duration::from_millis(s.connect_timeout_ms);
         let first_byte = Duration::from_millis(s.first_byte_timeout_ms);
         let idle = Duration::from_millis(s.idle_timeout_ms);
         let mut dyno = None;
@@ -288,29 +287,12 @@ impl Edge {
                 break;
             }
             let addr = *ctx.tried.last().expect("upstream_peer tried one");
-            match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr)).await
-            {
-                Ok(Ok(conn)) => {
-                    if let Some(t) = ctx.connect_started {
-                        let d = t.elapsed();
-                        ctx.connect_ms = Some(d.as_millis() as u64);
-                        self.shared.metrics.connect.observe(d.as_secs_f64());
-                    }
+            match self.connect(ctx, &live, addr).await {
+                Ok(conn) => {
                     for_backend(&live, ctx.app, addr, |b| b.mark_up());
-                    let _ = conn.set_nodelay(true);
                     dyno = Some(conn);
                 }
-                failed => {
-                    for_backend(&live, ctx.app, addr, |b| {
-                        b.mark_down(now_ms() + s.dyno_down_ms)
-                    });
-                    self.shared.metrics.dynos_marked_down.inc();
-                    ctx.code = Some(if failed.is_err() {
-                        HCode::H19
-                    } else {
-                        HCode::H21
-                    });
-                }
+                Err(code) => ctx.code = Some(code),
             }
         }
         let Some(mut dyno) = dyno else {
@@ -503,6 +485,34 @@ fn hsts_value(s: &wharf_config::RouterSettings) -> Option<String> {
     })
 }
 
+/// The answer to a request a limit refused: per-IP or per-app rate → 429, the app's requests
+/// in flight → 503 (Heroku's H11 text). Both come with `Retry-After: 1`.
+fn refusal(limit: crate::limits::Limit) -> (u16, &'static str) {
+    match limit {
+        crate::limits::Limit::AppRate => {
+            (429, "Too Many Requests: this app's request rate limit\n")
+        }
+        crate::limits::Limit::AppConcurrency => (
+            503,
+            "Service Unavailable: too many requests in flight for this app (H11)\n",
+        ),
+        _ => (429, "Too Many Requests: slow down\n"),
+    }
+}
+
+/// Whether a request whose connect failed may try once more: at most two dynos a request,
+/// and only when one of its side is left untried.
+fn may_try_another(live: &Live, ctx: &Ctx) -> bool {
+    let others = ctx.app.is_some_and(|i| {
+        live.apps[i]
+            .pool(ctx.side)
+            .backends
+            .iter()
+            .any(|b| !ctx.tried.contains(&b.address))
+    });
+    ctx.tried.len() < 2 && others
+}
+
 /// The body of the router's own answer for a proxy failure with `code` (or plain `status`).
 fn error_body(code: Option<HCode>, status: u16) -> &'static [u8] {
     match code {
@@ -676,20 +686,14 @@ impl ProxyHttp for Edge {
                 .await;
         }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet())
-            && self
+            && let Err(refused) = self
                 .shared
                 .limits
                 .request_from(addr.ip(), &live.table.settings.limits)
-                .is_err()
         {
+            let (status, body) = refusal(refused);
             return self
-                .respond(
-                    session,
-                    ctx,
-                    429,
-                    "Too Many Requests: slow down\n",
-                    &[("retry-after", "1".into())],
-                )
+                .respond(session, ctx, status, body, &[("retry-after", "1".into())])
                 .await;
         }
         if let Some(status) = limits(session.req_header()) {
@@ -765,26 +769,10 @@ impl ProxyHttp for Edge {
             .request_to(&app_target.key, &app_target.limits)
         {
             Ok(slot) => ctx.in_flight = slot,
-            Err(crate::limits::Limit::AppRate) => {
+            Err(refused) => {
+                let (status, body) = refusal(refused);
                 return self
-                    .respond(
-                        session,
-                        ctx,
-                        429,
-                        "Too Many Requests: this app's request rate limit\n",
-                        &[("retry-after", "1".into())],
-                    )
-                    .await;
-            }
-            Err(_) => {
-                return self
-                    .respond(
-                        session,
-                        ctx,
-                        503,
-                        "Service Unavailable: too many requests in flight for this app (H11)\n",
-                        &[("retry-after", "1".into())],
-                    )
+                    .respond(session, ctx, status, body, &[("retry-after", "1".into())])
                     .await;
             }
         }
@@ -975,14 +963,7 @@ impl ProxyHttp for Edge {
             HCode::H21
         });
         // A connect failure never reached a dyno: try once more, on another dyno if any.
-        let app = ctx.app.map(|i| &live.apps[i]);
-        let others = app.is_some_and(|a| {
-            a.pool(ctx.side)
-                .backends
-                .iter()
-                .any(|b| !ctx.tried.contains(&b.address))
-        });
-        if ctx.tried.len() < 2 && others {
+        if may_try_another(&live, ctx) {
             e.set_retry(true);
         }
         e
@@ -1185,6 +1166,40 @@ impl ProxyHttp for Edge {
 }
 
 impl Edge {
+    /// A new connection to the dyno at `addr`; on failure the dyno is marked down for the
+    /// back-off and the code says how it failed (H19 timeout, H21 refused).
+    async fn connect(
+        &self,
+        ctx: &mut Ctx,
+        live: &Live,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpStream, HCode> {
+        let s = &live.table.settings;
+        let started = Instant::now();
+        ctx.connect_started = Some(started);
+        let within = Duration::from_millis(s.connect_timeout_ms);
+        match tokio::time::timeout(within, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(c)) => {
+                let d = started.elapsed();
+                ctx.connect_ms = Some(d.as_millis() as u64);
+                self.shared.metrics.connect.observe(d.as_secs_f64());
+                let _ = c.set_nodelay(true);
+                Ok(c)
+            }
+            failed => {
+                for_backend(live, ctx.app, addr, |b| {
+                    b.mark_down(now_ms() + s.dyno_down_ms)
+                });
+                self.shared.metrics.dynos_marked_down.inc();
+                Err(if failed.is_err() {
+                    HCode::H19
+                } else {
+                    HCode::H21
+                })
+            }
+        }
+    }
+
     /// The end of every request, whichever path served it: metrics, canary statistics (and
     /// the abort), and the router log line. `bytes`: response body bytes sent.
     fn record(&self, ctx: &Ctx, status: u16, bytes: u64) {

@@ -47,7 +47,8 @@ struct HeadGuard {
     proxy: Arc<HttpProxy<Edge>>,
     /// The same proxy's own HTTP/1 path for the common request (`proxy::direct`).
     edge: Edge,
-    /// Whether that path is on (HTTPS and internal listeners, unless turned off).
+    /// Whether that path is on: HTTPS and internal listeners (the HTTP one only redirects),
+    /// unless turned off.
     direct: bool,
     metrics: Metrics,
     shared: Arc<Shared>,
@@ -512,7 +513,14 @@ impl Handle {
             server.add_service(svc);
         }
         if let Some(a) = addrs.http {
-            let mut svc = edge_service(&sc, &shared, Kind::PublicHttp, "wharf-http", None, false);
+            let mut svc = edge_service(
+                &sc,
+                &shared,
+                Kind::PublicHttp,
+                "wharf-http",
+                None,
+                opts.direct,
+            );
             svc.add_tcp(&a.to_string());
             svc.threads = Some(1);
             server.add_service(svc);

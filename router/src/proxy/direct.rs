@@ -25,7 +25,10 @@ use tokio::net::TcpStream;
 use wharf_config::names::normalize_host;
 use wharf_config::paths;
 
-use super::{Ctx, Edge, Kind, choose_side, error_body, for_backend, hsts_value, sticky_side};
+use super::{
+    Ctx, Edge, Kind, choose_side, error_body, for_backend, hsts_value, may_try_another, refusal,
+    sticky_side,
+};
 use crate::chunked::ChunkScan;
 use crate::headers;
 use crate::live::{Live, now_ms};
@@ -92,8 +95,8 @@ pub(crate) enum Outcome {
 
 enum Decision {
     Pingora,
-    /// The router answers (a request limit): status, body, one extra header.
-    Answer(u16, &'static str, (&'static str, &'static str)),
+    /// The router answers (a request limit, with `Retry-After: 1`): status and body.
+    Answer((u16, &'static str)),
     Proxy(Plan),
 }
 
@@ -320,30 +323,15 @@ fn plan(edge: &Edge, live: &Arc<Live>, raw: &[u8], conn: &ConnInfo, ctx: &mut Ct
     ctx.tls_version = conn.tls_version;
     let limiter = &edge.shared.limits;
     if let Some(ip) = conn.peer
-        && limiter
-            .request_from(ip, &live.table.settings.limits)
-            .is_err()
+        && let Err(refused) = limiter.request_from(ip, &live.table.settings.limits)
     {
         // Refused before routing, as on pingora's path: no app's request.
-        return Decision::Answer(429, "Too Many Requests: slow down\n", ("retry-after", "1"));
+        return Decision::Answer(refusal(refused));
     }
     ctx.app = Some(found.app);
     match limiter.request_to(&app.key, &app.limits) {
         Ok(slot) => ctx.in_flight = slot,
-        Err(crate::limits::Limit::AppRate) => {
-            return Decision::Answer(
-                429,
-                "Too Many Requests: this app's request rate limit\n",
-                ("retry-after", "1"),
-            );
-        }
-        Err(_) => {
-            return Decision::Answer(
-                503,
-                "Service Unavailable: too many requests in flight for this app (H11)\n",
-                ("retry-after", "1"),
-            );
-        }
+        Err(refused) => return Decision::Answer(refusal(refused)),
     }
     let (side, set_sticky) = choose_side(live, found.app, || {
         sticky_side(
@@ -499,14 +487,14 @@ impl Edge {
         let idle = Duration::from_millis(live.table.settings.idle_timeout_ms);
         match decision {
             Decision::Pingora => unreachable!("handed over above"),
-            Decision::Answer(status, body, extra) => {
+            Decision::Answer((status, body)) => {
                 ctx.status = status;
                 let out = own_response(
                     status,
                     body.as_bytes(),
                     &ctx,
                     hsts.as_deref(),
-                    Some(extra),
+                    Some(("retry-after", "1")),
                     closing,
                 );
                 let mut stream = stream;
@@ -573,12 +561,7 @@ impl Edge {
                     Ok(c) => c,
                     Err(code) => {
                         ctx.code = Some(code);
-                        let others = live.apps[app_idx]
-                            .pool(ctx.side)
-                            .backends
-                            .iter()
-                            .any(|b| !ctx.tried.contains(&b.address));
-                        if ctx.tried.len() < 2 && others {
+                        if may_try_another(live, &ctx) {
                             addr = None;
                             continue;
                         }
@@ -765,40 +748,6 @@ impl Edge {
         self.record(&ctx, status, sent);
         close_client(stream).await;
         Outcome::Closed
-    }
-
-    /// A new connection to the dyno at `addr`; on failure the dyno is marked down for the
-    /// back-off and the code says how it failed (H19 timeout, H21 refused).
-    async fn connect(
-        &self,
-        ctx: &mut Ctx,
-        live: &Live,
-        addr: SocketAddr,
-    ) -> Result<TcpStream, HCode> {
-        let s = &live.table.settings;
-        let started = Instant::now();
-        ctx.connect_started = Some(started);
-        let within = Duration::from_millis(s.connect_timeout_ms);
-        match tokio::time::timeout(within, TcpStream::connect(addr)).await {
-            Ok(Ok(c)) => {
-                let d = started.elapsed();
-                ctx.connect_ms = Some(d.as_millis() as u64);
-                self.shared.metrics.connect.observe(d.as_secs_f64());
-                let _ = c.set_nodelay(true);
-                Ok(c)
-            }
-            failed => {
-                for_backend(live, ctx.app, addr, |b| {
-                    b.mark_down(now_ms() + s.dyno_down_ms)
-                });
-                self.shared.metrics.dynos_marked_down.inc();
-                Err(if failed.is_err() {
-                    HCode::H19
-                } else {
-                    HCode::H21
-                })
-            }
-        }
     }
 
     /// Send the request and read the response head into `rbuf` (its length); while the dyno
