@@ -3,8 +3,12 @@
 # the same number of worker threads, driven by wrk (HTTP/1.1) and h2load (h2) in the same run.
 # Prints rps, p50/p99 and the ratios Wharf/nginx and Wharf/HAProxy.
 #
-#   benches/router.sh            # 10 s per case, 1 worker per proxy
-#   DURATION=30 WORKERS=2 benches/router.sh
+#   benches/router.sh            # 10 s per case, 1 worker per proxy, 1 round
+#   DURATION=30 WORKERS=2 ROUNDS=3 benches/router.sh
+#
+# With ROUNDS=N every case runs N times, the proxies alternated within each round (the one that
+# goes first moves round by round), and the figures printed are each proxy's medians, then the
+# ratio of every round on its own: on 2 cores one run moves by ±30 % with what else is running.
 #
 # Everything listens on 127.0.0.1; every process is stopped on exit.
 set -euo pipefail
@@ -19,6 +23,7 @@ need_apt openssl openssl
 
 DURATION=${DURATION:-10}
 WORKERS=${WORKERS:-1}
+ROUNDS=${ROUNDS:-1}
 CONNS=${CONNS:-64}
 work=$(mktemp -d /tmp/wharf-bench.XXXXXX)
 pids=()
@@ -285,12 +290,60 @@ row() {
   printf '%-22s %12s %12s %12s %14s %14s\n' "  cpu us/request" "$wc" "$nc" "$hc" \
     "$(awk -v a="$wc" -v b="$nc" 'BEGIN{printf "%.2f", a/b}')" "$(awk -v a="$wc" -v b="$hc" 'BEGIN{printf "%.2f", a/b}')"
 }
+# Median, field by field, of lines "rps p50 p99 cpu".
+median() {
+  python3 -c '
+import statistics, sys
+rows = [l.split() for l in sys.stdin if l.strip()]
+def med(i):
+    vals = []
+    for r in rows:
+        try:
+            vals.append(float(r[i]))
+        except (IndexError, ValueError):
+            pass
+    return f"{statistics.median(vals):g}" if vals else "nan"
+print(" ".join(med(i) for i in range(4)))'
+}
+# compare NAME CMD... : run every CMD (a function printing "rps p50 p99 cpu") ROUNDS times,
+# alternated, and print one row of medians; with more than one round, each round's rps ratio
+# to the second and third commands.
+compare() {
+  local name=$1; shift
+  local -a cmds=("$@") outs=() per=()
+  local n=${#cmds[@]} r i k
+  for ((r = 0; r < ROUNDS; r++)); do
+    local -a this=()
+    for ((k = 0; k < n; k++)); do
+      i=$(((k + r) % n))
+      this[$i]=$("${cmds[$i]}")
+      outs[$i]+="${this[$i]}"$'\n'
+    done
+    per+=("$(awk -v a="${this[0]%% *}" -v b="${this[1]%% *}" -v c="${this[2]%% *}" 'BEGIN{printf "%.2f/%.2f", a/b, a/c}')")
+  done
+  row "$name" "$(median <<<"${outs[0]}")" "$(median <<<"${outs[1]}")" "$(median <<<"${outs[2]}")"
+  if ((ROUNDS > 1)); then
+    printf '%-22s %s\n' "  rps ratio by round" "${per[*]}"
+  fi
+}
 H="Host: $HOST"
 # Wharf's plain HTTP/1 listener is its internal one, which serves the app in the internal space.
-row "http1 keep-alive" "$(run_wrk $wharf_pid -H "Host: bench-int.wharf.test" "http://127.0.0.1:$W_HTTP/")" "$(run_wrk $nginx_pid -H "$H" "http://127.0.0.1:$N_HTTP/")" "$(run_wrk $haproxy_pid -H "$H" "http://127.0.0.1:$H_HTTP/")"
-row "tls keep-alive" "$(run_wrk $wharf_pid -H "$H" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk $nginx_pid -H "$H" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk $haproxy_pid -H "$H" "https://127.0.0.1:$H_HTTPS/")"
-row "tls new conn/request" "$(run_wrk $wharf_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$W_HTTPS/")" "$(run_wrk $nginx_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$N_HTTPS/")" "$(run_wrk $haproxy_pid -H "$H" -H "Connection: close" "https://127.0.0.1:$H_HTTPS/")"
-row "h2 (h2load, mean/max)" "$(run_h2load $wharf_pid "https://127.0.0.1:$W_HTTPS/" --header=":authority: $HOST")" "$(run_h2load $nginx_pid "https://127.0.0.1:$N_HTTPS/" --header=":authority: $HOST")" "$(run_h2load $haproxy_pid "https://127.0.0.1:$H_HTTPS/" --header=":authority: $HOST")"
+http1_wharf() { run_wrk "$wharf_pid" -H "Host: bench-int.wharf.test" "http://127.0.0.1:$W_HTTP/"; }
+http1_nginx() { run_wrk "$nginx_pid" -H "$H" "http://127.0.0.1:$N_HTTP/"; }
+http1_haproxy() { run_wrk "$haproxy_pid" -H "$H" "http://127.0.0.1:$H_HTTP/"; }
+tls_wharf() { run_wrk "$wharf_pid" -H "$H" "https://127.0.0.1:$W_HTTPS/"; }
+tls_nginx() { run_wrk "$nginx_pid" -H "$H" "https://127.0.0.1:$N_HTTPS/"; }
+tls_haproxy() { run_wrk "$haproxy_pid" -H "$H" "https://127.0.0.1:$H_HTTPS/"; }
+new_wharf() { run_wrk "$wharf_pid" -H "$H" -H "Connection: close" "https://127.0.0.1:$W_HTTPS/"; }
+new_nginx() { run_wrk "$nginx_pid" -H "$H" -H "Connection: close" "https://127.0.0.1:$N_HTTPS/"; }
+new_haproxy() { run_wrk "$haproxy_pid" -H "$H" -H "Connection: close" "https://127.0.0.1:$H_HTTPS/"; }
+h2_wharf() { run_h2load "$wharf_pid" "https://127.0.0.1:$W_HTTPS/" --header=":authority: $HOST"; }
+h2_nginx() { run_h2load "$nginx_pid" "https://127.0.0.1:$N_HTTPS/" --header=":authority: $HOST"; }
+h2_haproxy() { run_h2load "$haproxy_pid" "https://127.0.0.1:$H_HTTPS/" --header=":authority: $HOST"; }
+compare "http1 keep-alive" http1_wharf http1_nginx http1_haproxy
+compare "tls keep-alive" tls_wharf tls_nginx tls_haproxy
+compare "tls new conn/request" new_wharf new_nginx new_haproxy
+compare "h2 (h2load, mean/max)" h2_wharf h2_nginx h2_haproxy
 
 # Wharf's own HTTP/1 path against pingora's proxy path, same binary, same run.
 printf '\n%-22s %12s %12s %14s\n' "wharf path" direct pingora direct/pingora
@@ -316,7 +369,7 @@ printf '%-34s %12s %12s %12s\n' "JWT + CORS" "$gr" "$g50" "$g99"
 printf '%-34s %12s\n' "filtered / unfiltered" "$(awk -v a="$gr" -v b="$pr" 'BEGIN{printf "%.2f", a/b}')"
 
 echo
-echo "workers per proxy: $WORKERS, connections: $CONNS, duration: ${DURATION}s per case, machine: $(nproc) cores"
+echo "workers per proxy: $WORKERS, connections: $CONNS, duration: ${DURATION}s per case, rounds: $ROUNDS (medians), machine: $(nproc) cores"
 if [ -s "$work/non2xx" ]; then
   cat "$work/non2xx" >&2
   echo "a case got answers other than 2xx/3xx: its figures are not comparable" >&2

@@ -37,4 +37,12 @@ pub struct LogLine {
 /// implementation that must shed load counts what it shed (and says so in the app's stream).
 pub trait LineSink: Send + Sync + 'static {
     fn send(&self, line: LogLine);
+
+    /// Several lines at once, `lines` left empty. A sink that hands lines to another thread
+    /// overrides it to do that once for the whole batch rather than once a line.
+    fn send_batch(&self, lines: &mut Vec<LogLine>) {
+        for line in lines.drain(..) {
+            self.send(line);
+        }
+    }
 }

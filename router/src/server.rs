@@ -350,8 +350,8 @@ impl BatchedSink {
                 loop {
                     let stopping = s.load(std::sync::atomic::Ordering::Acquire);
                     std::mem::swap(&mut batch, &mut *p.lock());
-                    for line in batch.drain(..) {
-                        inner.send(line);
+                    if !batch.is_empty() {
+                        inner.send_batch(&mut batch);
                     }
                     if stopping {
                         return;

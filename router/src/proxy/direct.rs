@@ -437,6 +437,119 @@ fn own_response(
     out
 }
 
+/// A dyno's response head made ready for the client.
+struct Rewritten {
+    status: u16,
+    /// The head for the client, whole; the body follows it in the same buffer.
+    out: Vec<u8>,
+    framing: Framing,
+    /// The dyno connection may carry another request after this response.
+    reusable: bool,
+    close_client_after: bool,
+}
+
+/// Check and rewrite a dyno's response head (`head`: up to and with its blank line); `None`: it
+/// is malformed (H25). Hop-by-hop headers and those the router sets are replaced; the body's
+/// framing is kept as the dyno chose it.
+fn rewrite_response(
+    head: &[u8],
+    plan: &Plan,
+    ctx: &Ctx,
+    hsts: Option<&str>,
+    closing: bool,
+) -> Option<Rewritten> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    if !matches!(resp.parse(head), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let status = resp.code?;
+    let mut reusable = resp.version == Some(1);
+    let mut length = None;
+    let mut chunked = None;
+    let mut named: Vec<&str> = Vec::new();
+    for h in resp.headers.iter() {
+        if eq(h.name, "content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return None,
+            }
+        } else if eq(h.name, "transfer-encoding") {
+            let last = tokens(h.value).last().unwrap_or("");
+            chunked = Some(eq(last, "chunked"));
+        } else if eq(h.name, "connection") {
+            for t in tokens(h.value) {
+                if eq(t, "close") {
+                    reusable = false;
+                } else if !eq(t, "keep-alive") {
+                    named.push(t);
+                }
+            }
+        }
+    }
+    let framing = if plan.head_only || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked(ChunkScan::default()),
+            (Some(false), _) | (None, None) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    let close_client_after = plan.client_close || closing || matches!(framing, Framing::Close);
+    let mut out = Vec::with_capacity(head.len() + 256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // httparse takes exactly three digits.
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        if dropped_response_header(h.name)
+            || named.iter().any(|n| eq(n, h.name))
+            || (hsts.is_some() && eq(h.name, "strict-transport-security"))
+            || (matches!(framing, Framing::Chunked(_)) && eq(h.name, "content-length"))
+        {
+            continue;
+        }
+        push_header(&mut out, h.name, h.value);
+    }
+    push_header(&mut out, "x-request-id", ctx.request_id.as_bytes());
+    out.extend_from_slice(b"via: 1.1 wharf\r\n");
+    if let Some(v) = hsts {
+        push_header(&mut out, "strict-transport-security", v.as_bytes());
+    }
+    if ctx.set_sticky
+        && let Some(side) = ctx.side
+    {
+        let cookie = format!(
+            "wharf-canary={}; Path=/; HttpOnly; Secure; SameSite=Lax",
+            side.as_str()
+        );
+        push_header(&mut out, "set-cookie", cookie.as_bytes());
+    }
+    if close_client_after {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Some(Rewritten {
+        status,
+        out,
+        framing,
+        reusable,
+        close_client_after,
+    })
+}
+
 async fn write_client(stream: &mut Stream, bytes: &[u8], within: Duration) -> bool {
     let write = async {
         stream.write_all(bytes).await?;
@@ -590,88 +703,16 @@ impl Edge {
         };
 
         // The response head, checked and rewritten.
-        let mut slots = vec![httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut resp = httparse::Response::new(&mut slots);
-        if !matches!(
-            resp.parse(&rbuf[..head_len]),
-            Ok(httparse::Status::Complete(_))
-        ) {
+        let Some(Rewritten {
+            status,
+            mut out,
+            mut framing,
+            mut reusable,
+            close_client_after,
+        }) = rewrite_response(&rbuf[..head_len], &plan, &ctx, hsts.as_deref(), closing)
+        else {
             return self.fail(stream, ctx, HCode::H25, hsts).await;
-        }
-        let status = resp.code.unwrap_or(0);
-        let http11 = resp.version == Some(1);
-        let mut reusable = http11;
-        let mut length = None;
-        let mut chunked = None;
-        let mut named = Vec::new();
-        for h in resp.headers.iter() {
-            if eq(h.name, "content-length") {
-                let n = std::str::from_utf8(h.value)
-                    .ok()
-                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|v| v.parse::<u64>().ok());
-                match (n, length) {
-                    (Some(n), None) => length = Some(n),
-                    (Some(n), Some(m)) if n == m => {}
-                    _ => return self.fail(stream, ctx, HCode::H25, hsts).await,
-                }
-            } else if eq(h.name, "transfer-encoding") {
-                let last = tokens(h.value).last().unwrap_or("");
-                chunked = Some(eq(last, "chunked"));
-            } else if eq(h.name, "connection") {
-                for t in tokens(h.value) {
-                    if eq(t, "close") {
-                        reusable = false;
-                    } else if !eq(t, "keep-alive") {
-                        named.push(t.to_owned());
-                    }
-                }
-            }
-        }
-        let mut framing = if plan.head_only || status == 204 || status == 304 {
-            Framing::Empty
-        } else {
-            match (chunked, length) {
-                (Some(true), _) => Framing::Chunked(ChunkScan::default()),
-                (Some(false), _) | (None, None) => Framing::Close,
-                (None, Some(n)) => Framing::Length(n),
-            }
         };
-        let close_client_after = plan.client_close || closing || matches!(framing, Framing::Close);
-        let mut out = Vec::with_capacity(head_len + 256 + rbuf.len());
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.to_string().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for h in resp.headers.iter() {
-            if dropped_response_header(h.name)
-                || named.iter().any(|n| eq(n, h.name))
-                || (hsts.is_some() && eq(h.name, "strict-transport-security"))
-                || (matches!(framing, Framing::Chunked(_)) && eq(h.name, "content-length"))
-            {
-                continue;
-            }
-            push_header(&mut out, h.name, h.value);
-        }
-        push_header(&mut out, "x-request-id", ctx.request_id.as_bytes());
-        out.extend_from_slice(b"via: 1.1 wharf\r\n");
-        if let Some(v) = &hsts {
-            push_header(&mut out, "strict-transport-security", v.as_bytes());
-        }
-        if ctx.set_sticky
-            && let Some(side) = ctx.side
-        {
-            let cookie = format!(
-                "wharf-canary={}; Path=/; HttpOnly; Secure; SameSite=Lax",
-                side.as_str()
-            );
-            push_header(&mut out, "set-cookie", cookie.as_bytes());
-        }
-        if close_client_after {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
         ctx.status = status;
         ctx.response_started = true;
         rbuf.advance(head_len);
