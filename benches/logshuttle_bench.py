@@ -200,21 +200,30 @@ def wharf(kafka=None):
     return start
 
 
-def rsyslog(tmp, port, _stall):
+def rsyslog(tmp, port, _stall, disk=False):
+    """rsyslog as the same relay. `disk`: its action queue on disk (`queue.type="Disk"`, no
+    fsync per message), so that, like the Kafka bus, a crash of the relay loses no line it
+    took: the durable peer of the Kafka case."""
     pf = os.path.join(tmp, "port")
     conf = os.path.join(tmp, "rsyslog.conf")
+    queue = (' queue.type="Disk" queue.filename="relay" queue.maxDiskSpace="8g"'
+             ' queue.syncQueueFiles="off"') if disk else ""
     open(conf, "w").write(f"""
 global(workDirectory="{tmp}" maxMessageSize="64k")
 module(load="imtcp")
 input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{pf}" ruleset="relay")
 ruleset(name="relay") {{
   action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp" TCP_Framing="octet-counted"
-         template="RSYSLOG_SyslogProtocol23Format")
+         template="RSYSLOG_SyslogProtocol23Format"{queue})
 }}
 """)
     p = subprocess.Popen(["rsyslogd", "-n", "-f", conf, "-i", os.path.join(tmp, "pid")],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return p, wait_port_file(pf, p)
+
+
+def rsyslog_disk(tmp, port, stall):
+    return rsyslog(tmp, port, stall, disk=True)
 
 
 def tansu():
@@ -251,6 +260,8 @@ def main():
     if TANSU:
         # A fresh broker (empty sqlite database) for each Kafka run.
         cases.append(("wharf, Kafka bus (tansu, sqlite)", lambda b: wharf(b), N_KAFKA, kp, False))
+        # The durable peer of the Kafka case: rsyslog keeping what it took on disk.
+        cases.append((RSYSLOG_DISK, lambda b: rsyslog_disk, N_KAFKA, kp, False))
     # Alternate the relays, several rounds; the case that goes first moves round by round, and
     # medians (not the best round) are reported: one round on a shared 2-core machine moves by
     # ±15 %, and "best of" favours whichever case ran in a quiet moment.
@@ -283,6 +294,7 @@ RSYSLOG = "rsyslog relay (imtcp -> omfwd)"
 INPROC = "wharf, in-process bus"
 STALLED = "wharf, in-process bus, + a stalled drain"
 KAFKA = "wharf, Kafka bus (tansu, sqlite)"
+RSYSLOG_DISK = "rsyslog relay, disk queue (durable)"
 
 
 def ratios(by):
@@ -295,6 +307,9 @@ def ratios(by):
         out["kept_with_stalled_drain"] = round(ws["lines_per_s"] / wi["lines_per_s"], 3)
     if rs and wk:
         out["kafka_vs_rsyslog"] = round(wk["lines_per_s"] / rs["lines_per_s"], 2)
+    rd = by.get(RSYSLOG_DISK)
+    if rd and wk:
+        out["kafka_vs_rsyslog_disk_queue"] = round(wk["lines_per_s"] / rd["lines_per_s"], 2)
     return out
 
 

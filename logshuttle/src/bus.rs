@@ -67,6 +67,15 @@ impl Ack {
         Ack(self.0.clone())
     }
 
+    /// Whether both are shares of the same line's (or record's) acknowledgement.
+    pub fn same(&self, other: &Ack) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     /// This share is delivered or accounted for.
     pub fn done(self) {
         if let Some(p) = self.0

@@ -17,7 +17,7 @@ use wharf_config::shuttle_plan::DrainTarget;
 use wharf_config::{DrainKind, LineSink, LogLine, ShuttlePlan};
 
 use crate::bus::{Bus, InProcessBus};
-use crate::drain::{self, DrainCtx, DrainQueue, Item};
+use crate::drain::{self, DrainCtx, DrainQueue};
 use crate::kafka::{KafkaBus, KafkaOptions};
 use crate::metrics::Metrics;
 use crate::stream::{AppStream, Filter, Tail};
@@ -367,7 +367,7 @@ async fn dispatcher(
 async fn dispatch_run(r: &AppRoute, run: &mut Vec<crate::bus::Consumed>) {
     r.ingested.inc_by(run.len() as u64);
     let mut lines = Vec::with_capacity(run.len());
-    let mut acks = Vec::with_capacity(run.len());
+    let mut acks: Vec<crate::bus::Ack> = Vec::new();
     for c in run.drain(..) {
         let mut line = c.line;
         if r.socs
@@ -376,23 +376,19 @@ async fn dispatch_run(r: &AppRoute, run: &mut Vec<crate::bus::Consumed>) {
             line.line = red;
         }
         lines.push(Arc::new(line));
-        acks.push(c.ack);
+        // Lines of one record share one acknowledgement: keep one share of it.
+        match acks.last() {
+            Some(last) if last.same(&c.ack) => c.ack.done(),
+            _ => acks.push(c.ack),
+        }
     }
     // History and tails first: they never wait.
     r.stream.push_many(&lines);
+    // One run for every drain of the app; its acknowledgements are done when the last drain
+    // lets go of it.
+    let run = Arc::new(drain::Run::new(lines, acks));
     for q in &r.drains {
-        let items = lines
-            .iter()
-            .zip(&acks)
-            .map(|(line, ack)| Item {
-                line: line.clone(),
-                ack: ack.share(),
-            })
-            .collect();
-        q.push_many(items).await;
-    }
-    for a in acks {
-        a.done();
+        q.push_run(&run).await;
     }
 }
 

@@ -93,7 +93,7 @@ fn body_of(ctx: &DrainCtx, batch: &Batch, l10: Option<&wharf_config::LogLine>) -
     let mut out = Vec::new();
     let mut enc = wire::Encoder::default();
     let mut n = 0;
-    for line in l10.into_iter().chain(batch.items.iter().map(|i| &*i.line)) {
+    for line in l10.into_iter().chain(batch.items.iter().map(|i| i.line())) {
         enc.octet_counted(&mut out, line, host);
         n += 1;
     }
@@ -196,7 +196,7 @@ pub(crate) async fn run(ctx: DrainCtx) {
         };
         let mut bytes = 0;
         for item in batch.items {
-            let len = item.line.line.len() + 96;
+            let len = item.line().line.len() + 96;
             if !cur.items.is_empty() && bytes + len > ctx.opts.http_batch_bytes {
                 chunks.push(std::mem::replace(
                     &mut cur,
@@ -252,7 +252,7 @@ pub(crate) async fn run(ctx: DrainCtx) {
                 }
             }
             for i in chunk.items {
-                i.ack.done();
+                i.done();
             }
             if closed {
                 return;

@@ -19,14 +19,131 @@ use wharf_config::shuttle_plan::DrainTarget;
 use crate::bus::Ack;
 use crate::metrics::DrainMetrics;
 
-/// A line waiting in a drain's buffer, with its share of the bus acknowledgement.
+/// A run of one app's lines as the dispatcher hands it to every drain of the app, once: the
+/// drains' buffers hold ranges of it, not a copy per line, so a stalled drain that sheds what
+/// it is handed costs a few operations a run, not a few a line. The bus acknowledgements of
+/// its lines are done when the last holder lets go of it: every drain has delivered its part,
+/// shed it (counted for the L10 notice), or is gone. A crash never lets go, so nothing is
+/// acknowledged that was not accounted for.
+pub(crate) struct Run {
+    lines: Vec<Arc<LogLine>>,
+    /// One per record the lines came from (consecutive lines share one).
+    acks: Vec<Ack>,
+}
+
+impl Run {
+    pub(crate) fn new(lines: Vec<Arc<LogLine>>, acks: Vec<Ack>) -> Run {
+        Run { lines, acks }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lines.len()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        // A panic is not an account of the lines: leave them to come again.
+        if std::thread::panicking() {
+            return;
+        }
+        for a in self.acks.drain(..) {
+            a.done();
+        }
+    }
+}
+
+/// A line a drain took from its buffer, to deliver; dropping it (or [`Item::done`]) counts
+/// it as delivered or accounted for.
 pub(crate) struct Item {
-    pub line: Arc<LogLine>,
-    pub ack: Ack,
+    run: Arc<Run>,
+    idx: usize,
+}
+
+impl Item {
+    pub(crate) fn line(&self) -> &LogLine {
+        &self.run.lines[self.idx]
+    }
+
+    /// Delivered, or accounted for.
+    pub(crate) fn done(self) {}
+}
+
+/// Lines `start..end` of a run, waiting in a buffer.
+struct Seg {
+    run: Arc<Run>,
+    start: usize,
+    end: usize,
+}
+
+impl Seg {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// A drain's buffered lines: ranges of runs, oldest first.
+#[derive(Default)]
+struct Segs {
+    segs: VecDeque<Seg>,
+    len: usize,
+}
+
+impl Segs {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, seg: Seg) {
+        if seg.len() > 0 {
+            self.len += seg.len();
+            self.segs.push_back(seg);
+        }
+    }
+
+    /// Drop the `n` oldest lines (the runs they hold go when nothing else holds them).
+    fn shed(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.segs.front_mut() else {
+                return;
+            };
+            let k = front.len().min(n);
+            front.start += k;
+            self.len -= k;
+            n -= k;
+            if front.len() == 0 {
+                self.segs.pop_front();
+            }
+        }
+    }
+
+    /// The `n` oldest lines, as items.
+    fn take(&mut self, n: usize, out: &mut Vec<Item>) {
+        let mut n = n.min(self.len);
+        out.reserve(n);
+        while n > 0 {
+            let front = self.segs.front_mut().expect("len counts the segments");
+            let k = front.len().min(n);
+            out.extend((front.start..front.start + k).map(|idx| Item {
+                run: front.run.clone(),
+                idx,
+            }));
+            front.start += k;
+            self.len -= k;
+            n -= k;
+            if front.len() == 0 {
+                self.segs.pop_front();
+            }
+        }
+    }
 }
 
 struct QueueState {
-    buf: VecDeque<Item>,
+    buf: Segs,
     dropped: u64,
     dropped_since: i64,
     closed: bool,
@@ -79,7 +196,7 @@ impl DrainQueue {
             cap: cap.max(1),
             stall,
             state: Mutex::new(QueueState {
-                buf: VecDeque::new(),
+                buf: Segs::default(),
                 dropped: 0,
                 dropped_since: 0,
                 closed: false,
@@ -118,78 +235,82 @@ impl DrainQueue {
         }
     }
 
-    /// Never waits: a full buffer loses its oldest line (the in-process sink's paths).
+    /// Never waits: a full buffer loses its oldest lines.
     #[cfg(test)]
-    pub(crate) fn push(&self, item: Item) {
-        let mut v = vec![item];
-        self.push_shedding(&mut v);
+    pub(crate) fn push(&self, run: Arc<Run>) {
+        let end = run.len();
+        self.push_shedding(Seg { run, start: 0, end });
     }
 
-    /// Append `items` in order, shedding the oldest beyond the cap.
-    fn push_shedding(&self, items: &mut Vec<Item>) {
-        let (shed, untold): (Vec<Item>, _) = {
+    /// Append `seg`, shedding the oldest lines beyond the cap.
+    fn push_shedding(&self, seg: Seg) {
+        let (shed, untold) = {
             let mut s = self.state.lock();
             if s.closed {
-                (std::mem::take(items), None)
-            } else {
-                s.buf.extend(items.drain(..));
-                let over = s.buf.len().saturating_sub(self.cap);
-                if over > 0 {
-                    let now = crate::wire::now_us();
-                    if s.dropped == 0 {
-                        s.dropped_since = now;
-                    }
-                    s.dropped += over as u64;
-                    if s.untold == 0 {
-                        s.untold_since = now;
-                    }
-                    s.untold += over as u64;
-                }
-                let shed = s.buf.drain(..over).collect();
-                self.metrics.buffer.set(s.buf.len() as i64);
-                let untold = self.take_untold(&mut s, false);
-                (shed, untold)
+                return;
             }
+            s.buf.push(seg);
+            let over = s.buf.len().saturating_sub(self.cap);
+            if over > 0 {
+                let now = crate::wire::now_us();
+                if s.dropped == 0 {
+                    s.dropped_since = now;
+                }
+                s.dropped += over as u64;
+                if s.untold == 0 {
+                    s.untold_since = now;
+                }
+                s.untold += over as u64;
+                s.buf.shed(over);
+            }
+            self.metrics.buffer.set(s.buf.len() as i64);
+            let untold = self.take_untold(&mut s, false);
+            (over, untold)
         };
         self.tell(untold);
-        if !shed.is_empty() {
-            self.metrics.dropped.inc_by(shed.len() as u64);
-            for old in shed {
-                old.ack.done();
-            }
+        if shed > 0 {
+            self.metrics.dropped.inc_by(shed as u64);
         }
         self.notify.notify_one();
     }
 
-    /// Append `items` in order. Waits for room while the drain is only slow; after the stall
-    /// deadline without room the drain is declared stalled and sheds its oldest lines instead.
-    pub(crate) async fn push_many(&self, mut items: Vec<Item>) {
+    /// Append the lines of `run` in order. Waits for room while the drain is only slow; after
+    /// the stall deadline without room the drain is declared stalled and sheds its oldest
+    /// lines instead.
+    pub(crate) async fn push_run(&self, run: &Arc<Run>) {
+        let mut start = 0;
+        let end = run.len();
         loop {
             let room = self.room.notified();
             {
                 let mut s = self.state.lock();
                 if s.closed {
-                    drop(s);
-                    for i in items {
-                        i.ack.done();
-                    }
                     return;
                 }
                 if !s.stalled {
                     let free = self.cap.saturating_sub(s.buf.len());
-                    let n = free.min(items.len());
-                    s.buf.extend(items.drain(..n));
+                    let n = free.min(end - start);
+                    s.buf.push(Seg {
+                        run: run.clone(),
+                        start,
+                        end: start + n,
+                    });
+                    start += n;
                     self.metrics.buffer.set(s.buf.len() as i64);
                     if n > 0 {
                         self.notify.notify_one();
                     }
-                    if items.is_empty() {
+                    if start == end {
                         return;
                     }
                 }
             }
             if self.is_stalled() {
-                self.push_shedding(&mut items);
+                self.push_shedding(Seg {
+                    run: run.clone(),
+                    start,
+                    end,
+                });
                 return;
             }
             if tokio::time::timeout(self.stall, room).await.is_err() {
@@ -217,8 +338,8 @@ impl DrainQueue {
                     return None;
                 }
                 if !s.buf.is_empty() || s.dropped > 0 {
-                    let n = s.buf.len().min(max);
-                    let items: Vec<Item> = s.buf.drain(..n).collect();
+                    let mut items = Vec::new();
+                    s.buf.take(max, &mut items);
                     let dropped = (s.dropped > 0).then(|| (s.dropped, s.dropped_since));
                     s.dropped = 0;
                     let untold = self.take_untold(&mut s, true);
@@ -243,7 +364,7 @@ impl DrainQueue {
     pub(crate) fn take_more(&self, batch: &mut Batch, max: usize) {
         let mut s = self.state.lock();
         let n = s.buf.len().min(max.saturating_sub(batch.items.len()));
-        batch.items.extend(s.buf.drain(..n));
+        s.buf.take(n, &mut batch.items);
         self.metrics.buffer.set(s.buf.len() as i64);
         drop(s);
         if n > 0 {
@@ -253,14 +374,12 @@ impl DrainQueue {
 
     /// Stop the drain; whatever is buffered is accounted for (the drain is gone).
     pub(crate) fn close(&self) {
-        let items: Vec<Item> = {
+        let held = {
             let mut s = self.state.lock();
             s.closed = true;
-            s.buf.drain(..).collect()
+            std::mem::take(&mut s.buf)
         };
-        for i in items {
-            i.ack.done();
-        }
+        drop(held);
         self.notify.notify_one();
         self.room.notify_waiters();
     }
@@ -361,32 +480,37 @@ pub(crate) fn spawn(ctx: DrainCtx) -> tokio::task::JoinHandle<()> {
 mod tests {
     use super::*;
 
-    fn line(i: usize) -> Item {
-        Item {
-            line: Arc::new(LogLine {
-                app: "a".into(),
-                space: "s".into(),
-                source: wharf_config::Source::App,
-                process: "web.1".into(),
-                timestamp_us: 0,
-                line: i.to_string(),
-            }),
-            ack: Ack::none(),
-        }
+    /// A run of lines `i`, `i+1`, … (their text is the number).
+    fn run(lines: std::ops::Range<usize>) -> Arc<Run> {
+        run_acked(lines, Ack::none())
+    }
+
+    fn run_acked(lines: std::ops::Range<usize>, ack: Ack) -> Arc<Run> {
+        let lines = lines
+            .map(|i| {
+                Arc::new(LogLine {
+                    app: "a".into(),
+                    space: "s".into(),
+                    source: wharf_config::Source::App,
+                    process: "web.1".into(),
+                    timestamp_us: 0,
+                    line: i.to_string(),
+                })
+            })
+            .collect();
+        Arc::new(Run::new(lines, vec![ack]))
     }
 
     #[tokio::test]
     async fn drops_oldest_and_counts() {
         let m = crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
         let q = DrainQueue::new(3, Duration::from_secs(1), m.for_drain("a", "d"), "d");
-        for i in 0..5 {
-            q.push(line(i));
-        }
+        q.push(run(0..2));
+        q.push(run(2..5));
         let b = q.next_batch(10).await.unwrap();
-        let got: Vec<String> = b.items.iter().map(|i| i.line.line.clone()).collect();
-        assert_eq!(got, ["2", "3", "4"]);
+        assert_eq!(texts(&b), ["2", "3", "4"]);
         assert_eq!(b.dropped.map(|d| d.0), Some(2));
-        q.push(line(9));
+        q.push(run(9..10));
         let b = q.next_batch(10).await.unwrap();
         assert_eq!(b.dropped, None);
         assert_eq!(m.drain_dropped.with_label_values(&["a", "d"]).get(), 2);
@@ -395,7 +519,7 @@ mod tests {
     }
 
     fn texts(b: &Batch) -> Vec<String> {
-        b.items.iter().map(|i| i.line.line.clone()).collect()
+        b.items.iter().map(|i| i.line().line.clone()).collect()
     }
 
     /// A slow drain holds the pusher back (nothing dropped); one that makes no progress for
@@ -412,12 +536,9 @@ mod tests {
         ));
         let dropped = || m.drain_dropped.with_label_values(&["a", "d"]).get();
         let stalled = || m.drain_stalled.with_label_values(&["a", "d"]).get();
-        assert!(
-            q.push_many((0..3).map(line).collect())
-                .now_or_never()
-                .is_some()
-        );
-        let mut wait = Box::pin(q.push_many(vec![line(3), line(4)]));
+        assert!(q.push_run(&run(0..3)).now_or_never().is_some());
+        let second = run(3..5);
+        let mut wait = Box::pin(q.push_run(&second));
         assert!(
             (&mut wait).now_or_never().is_none(),
             "a full buffer makes the pusher wait"
@@ -428,10 +549,10 @@ mod tests {
         assert_eq!((dropped(), stalled()), (0, 0));
 
         // Full again (2, 3, 4) and no progress: stalled at the deadline, then the oldest go.
-        q.push_many(vec![line(5)]).await;
+        q.push_run(&run(5..6)).await;
         assert_eq!((dropped(), stalled()), (1, 1));
         assert!(
-            q.push_many(vec![line(6)]).now_or_never().is_some(),
+            q.push_run(&run(6..7)).now_or_never().is_some(),
             "a stalled drain never holds the pusher"
         );
         let b = q.next_batch(10).await.unwrap();
@@ -443,6 +564,45 @@ mod tests {
             "caught up: back-pressure again instead of shedding"
         );
         q.close();
+    }
+
+    /// A run's acknowledgement is done once every drain has let go of its lines: one that
+    /// delivered them, one that shed them (counted for L10), one closed with them buffered.
+    #[tokio::test]
+    async fn a_run_is_acknowledged_when_every_drain_let_go_of_it() {
+        #[derive(Default)]
+        struct Rec(parking_lot::Mutex<Vec<(i32, i64)>>);
+        impl crate::bus::Acker for Rec {
+            fn done(&self, p: i32, o: i64) {
+                self.0.lock().push((p, o));
+            }
+        }
+        let rec = Arc::new(Rec::default());
+        let m = crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
+        let queue = |id: &str| DrainQueue::new(4, Duration::from_secs(1), m.for_drain("a", id), id);
+        let (delivering, shedding, closing) = (queue("d1"), queue("d2"), queue("d3"));
+
+        let r = run_acked(0..3, Ack::new(0, 7, rec.clone()));
+        for q in [&delivering, &shedding, &closing] {
+            q.push_run(&r).await;
+        }
+        drop(r);
+        // The shedding drain takes a second run that pushes the first one's lines out.
+        shedding.push(run(3..8));
+        let b = delivering.next_batch(10).await.unwrap();
+        assert_eq!(texts(&b), ["0", "1", "2"]);
+        closing.close();
+        assert!(
+            rec.0.lock().is_empty(),
+            "the delivering drain still holds the lines"
+        );
+        for i in b.items {
+            i.done();
+        }
+        assert_eq!(*rec.0.lock(), vec![(0, 7)]);
+        let b = shedding.next_batch(10).await.unwrap();
+        assert_eq!(texts(&b), ["4", "5", "6", "7"]);
+        assert_eq!(b.dropped.map(|d| d.0), Some(4));
     }
 
     #[test]

@@ -123,7 +123,7 @@ fn encode(ctx: &DrainCtx, enc: &mut wire::Encoder, batch: &Batch, out: &mut Vec<
         enc.octet_counted(out, &l10, host);
     }
     for i in &batch.items {
-        enc.octet_counted(out, &i.line, host);
+        enc.octet_counted(out, i.line(), host);
     }
 }
 
@@ -171,7 +171,7 @@ impl Held {
             n += w.items.len();
             ctx.metrics.delivered.inc_by(w.items.len() as u64);
             for i in w.items {
-                i.ack.done();
+                i.done();
             }
         }
         n
@@ -338,7 +338,7 @@ pub(crate) async fn run_stream(ctx: DrainCtx) {
         .flat_map(|w| w.items)
         .chain(held.items.drain(..))
     {
-        i.ack.done();
+        i.done();
     }
     ctx.metrics.connected.set(0);
 }
@@ -394,7 +394,7 @@ pub(crate) async fn run_udp(ctx: DrainCtx) {
     while let Some(batch) = ctx.queue.next_batch(BATCH).await {
         let host = ctx.host().to_owned();
         let l10 = ctx.l10(batch.dropped);
-        let lines = l10.iter().chain(batch.items.iter().map(|i| &*i.line));
+        let lines = l10.iter().chain(batch.items.iter().map(|i| i.line()));
         for line in lines {
             let (msg, truncated) = fit_datagram(wire::encode_message(line, &host), max);
             if truncated {
@@ -409,7 +409,7 @@ pub(crate) async fn run_udp(ctx: DrainCtx) {
             }
         }
         for i in batch.items {
-            i.ack.done();
+            i.done();
         }
     }
     ctx.metrics.connected.set(0);
