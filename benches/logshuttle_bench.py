@@ -13,7 +13,7 @@ import json, os, socket, subprocess, sys, tempfile, threading, time
 
 RELAY = os.environ["RELAY_BIN"]
 TANSU = os.environ.get("TANSU_BIN", "")
-N = int(os.environ.get("LINES", "1000000"))
+N = int(os.environ.get("LINES", "3000000"))
 N_KAFKA = int(os.environ.get("LINES_KAFKA", str(N)))
 STALL_FILL = 100_000
 PAD = "x" * 60

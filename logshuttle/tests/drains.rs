@@ -293,7 +293,13 @@ async fn a_receiver_that_resets_every_connection_is_isolated_and_counted() {
     })
     .await;
     assert!(bad.reconnects() >= 3, "{}", bad.figures());
-    assert!(bad.retried() > 0, "{}", bad.figures());
+    // With back-off (200 ms doubling to 2 s here), not a reconnect loop: about five attempts
+    // in the three seconds of sending.
+    assert!(bad.reconnects() <= 15, "{}", bad.figures());
+    // Lines written before a reset count as retried; whether any get written at all depends
+    // on whether the reset lands before the connect returns (on a fast machine it mostly
+    // does: "connect failed: Connection reset"), so `retried` is not asserted here. Lines
+    // sent again on a new connection are asserted in `a_drain_that_never_reads_…` below.
     assert!(reset.accepted.load(std::sync::atomic::Ordering::Acquire) >= 3);
     // Shed with L10 once stalled. The stalled gauge itself is not asserted: it clears while
     // a fresh connection takes its allowance, so a single reading of it is a race (CI saw 0
