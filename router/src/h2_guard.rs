@@ -65,6 +65,8 @@ const ACK: u8 = 0x1;
 struct Verdict {
     abusive: AtomicBool,
     notify: tokio::sync::Notify,
+    /// The router sent GOAWAY to end the connection (abusive or idle): close it lingering.
+    closing: AtomicBool,
 }
 
 /// The streams of a connection being served, and a wake-up when the last one ends.
@@ -166,7 +168,8 @@ impl FrameReader {
 /// The client connection as h2 sees it: every byte passes through unchanged, and the frame
 /// headers are counted on the way.
 struct Watched {
-    inner: Stream,
+    /// Taken only when dropped (see `Drop`).
+    inner: Option<Stream>,
     frames: FrameReader,
     verdict: Arc<Verdict>,
     reason: Arc<parking_lot::Mutex<Option<&'static str>>>,
@@ -180,6 +183,50 @@ impl std::fmt::Debug for Watched {
     }
 }
 
+impl Watched {
+    fn io(&mut self) -> &mut Stream {
+        self.inner.as_mut().expect("taken only on drop")
+    }
+
+    fn io_ref(&self) -> &Stream {
+        self.inner.as_ref().expect("taken only on drop")
+    }
+}
+
+/// How long, and for how many bytes, a connection the router ended with GOAWAY is read and
+/// discarded before it is closed (nginx's lingering close). Closing a socket with unread input
+/// makes the kernel send RST, and a client that gets the RST before it read the GOAWAY loses
+/// the GOAWAY with the rest of its receive queue: it would never learn why it was cut off.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if !self.verdict.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let (Some(io), Ok(rt)) = (self.inner.take(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        rt.spawn(linger(io));
+    }
+}
+
+/// Read and discard what the client still sends, until it closes, [`LINGER`] passes or
+/// [`LINGER_BYTES`] were read; then close.
+async fn linger(mut io: Stream) {
+    use tokio::io::AsyncReadExt as _;
+    let by = tokio::time::Instant::now() + LINGER;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        match tokio::time::timeout_at(by, io.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
+}
+
 impl AsyncRead for Watched {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -187,7 +234,7 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let res = Pin::new(self.io()).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res
             && !self.verdict.abusive.load(Ordering::Relaxed)
         {
@@ -208,7 +255,7 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(self.io()).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -216,62 +263,62 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(self.io()).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.io_ref().is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(self.io()).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(self.io()).poll_shutdown(cx)
     }
 }
 
 #[async_trait]
 impl Shutdown for Watched {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        self.io().shutdown().await
     }
 }
 
 impl UniqueID for Watched {
     fn id(&self) -> UniqueIDType {
-        self.inner.id()
+        self.io_ref().id()
     }
 }
 
 impl Ssl for Watched {
     fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
+        self.io_ref().get_ssl()
     }
     fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.get_ssl_digest()
+        self.io_ref().get_ssl_digest()
     }
     fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
+        self.io_ref().selected_alpn_proto()
     }
 }
 
 impl GetTimingDigest for Watched {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
+        self.io_ref().get_timing_digest()
     }
 }
 
 impl GetProxyDigest for Watched {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
+        self.io_ref().get_proxy_digest()
     }
 }
 
 impl GetSocketDigest for Watched {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
+        self.io_ref().get_socket_digest()
     }
 }
 
@@ -310,7 +357,7 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
     let verdict = Arc::new(Verdict::default());
     let reason = Arc::new(parking_lot::Mutex::new(None));
     let watched: Stream = Box::new(Watched {
-        inner: stream,
+        inner: Some(stream),
         frames: FrameReader::new(Instant::now()),
         verdict: verdict.clone(),
         reason: reason.clone(),
@@ -344,6 +391,7 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
                 let what = reason.lock().unwrap_or("malformed_requests");
                 tracing::warn!(peer = ?peer, what, "h2 client abusive: GOAWAY ENHANCE_YOUR_CALM, closing");
                 limiter.refused(Limit::H2Flood);
+                verdict.closing.store(true, Ordering::Release);
                 conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                 closing_by = Some(Instant::now() + GOAWAY_GRACE);
                 continue;
@@ -361,6 +409,7 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
                 if idle_since.is_some() && closing_by.is_none() =>
             {
                 tracing::debug!(peer = ?peer, "h2 connection idle: GOAWAY NO_ERROR, closing");
+                verdict.closing.store(true, Ordering::Release);
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                 closing_by = Some(Instant::now() + GOAWAY_GRACE);
                 continue;

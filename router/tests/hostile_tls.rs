@@ -224,15 +224,24 @@ fn rss_kib() -> u64 {
 /// before the router closed, and the test failed with the router behaving.
 const FLOOD_ROUNDS: u32 = 100_000;
 
-#[test]
-fn h2_rapid_reset_settings_and_ping_floods_get_goaway_while_others_are_served() {
+/// One app (`api` in `prod`, one dyno) behind a router started with the settings `tune` sets:
+/// the PKI, the dyno, the app's host name, the router and its HTTPS address.
+type Site = (Pki, Dyno, String, wharf_router::Handle, SocketAddr);
+
+fn site(tune: impl FnOnce(&mut wharf_config::Snapshot), sink: &Collect) -> Site {
     let pki = Pki::new();
     let d = Dyno::start("web.1");
     let mut s = base(&pki);
     let app = add_app(&mut s, "api", "prod", &[d.addr]);
-    let host = format!("{app}.{DOMAIN}");
-    let r = start(&s, &Collect::default());
+    tune(&mut s);
+    let r = start(&s, sink);
     let addr = r.addrs().https.unwrap();
+    (pki, d, format!("{app}.{DOMAIN}"), r, addr)
+}
+
+#[test]
+fn h2_rapid_reset_settings_and_ping_floods_get_goaway_while_others_are_served() {
+    let (pki, d, host, r, addr) = site(|_| {}, &Collect::default());
     let rt = two_threads();
     let config = client_config(&pki, b"h2");
 
@@ -307,19 +316,101 @@ fn h2_rapid_reset_settings_and_ping_floods_get_goaway_while_others_are_served() 
     assert_nothing_leaks(&r);
 }
 
+/// A flooding client that goes on writing after the router's GOAWAY and reads only later still
+/// finds the GOAWAY: the router reads and discards what such a client sends for a while before
+/// it closes (a lingering close). Closed at once with the client's frames unread, the socket
+/// is reset, and the router's kernel drops what it had not sent yet: the GOAWAY, held back by
+/// the client's full receive window.
+#[test]
+fn a_flooder_that_reads_late_still_gets_its_goaway() {
+    let (pki, _d, host, r, addr) = site(|_| {}, &Collect::default());
+    let rt = two_threads();
+    let config = client_config(&pki, b"h2");
+    let (goaway, io_error) = rt.block_on(async {
+        // A small receive window, as a client that reads slowly shows: the router's PING ACKs
+        // fill it, so its GOAWAY waits in the router's send queue when it closes.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = sock.connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from(host.clone()).unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let mut start = PREFACE.to_vec();
+        start.extend(frame(0x4, 0, 0, &[]));
+        tls.write_all(&start).await.unwrap();
+        let pings = |i: u32| -> Vec<u8> {
+            (0..10)
+                .flat_map(|_| frame(0x6, 0, 0, &u64::from(i).to_be_bytes()))
+                .collect()
+        };
+        // A PING flood well over the guard's budget, then more PINGs for 600 ms (long after
+        // the guard's GOAWAY), without reading.
+        for i in 0..2000 {
+            if tls.write_all(&pings(i)).await.is_err() {
+                break;
+            }
+        }
+        let until = tokio::time::Instant::now() + Duration::from_millis(600);
+        let mut i = 2000;
+        while tokio::time::Instant::now() < until {
+            if tls.write_all(&pings(i)).await.is_err() {
+                break;
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut got = Vec::new();
+        let mut tmp = vec![0u8; 64 * 1024];
+        let io_error = loop {
+            match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut tmp)).await {
+                Ok(Ok(0)) => break None,
+                Ok(Ok(n)) => got.extend_from_slice(&tmp[..n]),
+                Ok(Err(e)) => break Some(e.to_string()),
+                Err(_) => break Some("no close within 10 s".to_owned()),
+            }
+        };
+        let mut goaway = None;
+        let mut at = 0;
+        while got.len() >= at + 9 {
+            let len = (usize::from(got[at]) << 16)
+                | (usize::from(got[at + 1]) << 8)
+                | usize::from(got[at + 2]);
+            if got.len() < at + 9 + len {
+                break;
+            }
+            if got[at + 3] == GOAWAY && len >= 8 {
+                goaway = Some(u32::from_be_bytes(
+                    got[at + 13..at + 17].try_into().unwrap(),
+                ));
+            }
+            at += 9 + len;
+        }
+        (goaway, io_error)
+    });
+    assert_eq!(
+        goaway,
+        Some(ENHANCE_YOUR_CALM),
+        "the GOAWAY was lost (read ended with {io_error:?})"
+    );
+    assert_eq!(
+        metric(&r, "wharf_router_limited_total{limit=\"h2_flood\"}"),
+        1.0
+    );
+}
+
 #[test]
 fn tls_handshakes_hold_connection_slots_and_end_after_the_header_timeout() {
-    let pki = Pki::new();
-    let d = Dyno::start("web.1");
-    let mut s = base(&pki);
-    let app = add_app(&mut s, "api", "prod", &[d.addr]);
-    let host = format!("{app}.{DOMAIN}");
-    s.router.limits.max_connections_per_ip = 10;
-    // Long enough that the slots are still held when a busy machine gets round to counting
-    // them (at 3 s a loaded CI run once saw them already timed out).
-    s.router.client_header_timeout_ms = 8000;
-    let r = start(&s, &Collect::default());
-    let addr = r.addrs().https.unwrap();
+    let (pki, _d, host, r, addr) = site(
+        |s| {
+            s.router.limits.max_connections_per_ip = 10;
+            // Long enough that the slots are still held when a busy machine gets round to
+            // counting them (at 3 s a loaded CI run once saw them already timed out).
+            s.router.client_header_timeout_ms = 8000;
+        },
+        &Collect::default(),
+    );
 
     // Ten connections that never send a ClientHello take the address's ten slots.
     let mut held: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(addr).unwrap()).collect();
@@ -360,13 +451,7 @@ fn tls_handshakes_hold_connection_slots_and_end_after_the_header_timeout() {
 /// are the guard's to stop.
 #[test]
 fn h2_resets_of_accepted_streams_are_stopped_by_the_guard() {
-    let pki = Pki::new();
-    let d = Dyno::start("web.1");
-    let mut s = base(&pki);
-    let app = add_app(&mut s, "api", "prod", &[d.addr]);
-    let host = format!("{app}.{DOMAIN}");
-    let r = start(&s, &Collect::default());
-    let addr = r.addrs().https.unwrap();
+    let (pki, d, host, r, addr) = site(|_| {}, &Collect::default());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -406,14 +491,10 @@ fn h2_resets_of_accepted_streams_are_stopped_by_the_guard() {
 /// requests coming keeps being served, and is closed in turn once it falls idle.
 #[test]
 fn idle_h2_connections_are_closed_while_a_busy_one_is_served() {
-    let pki = Pki::new();
-    let d = Dyno::start("web.1");
-    let mut s = base(&pki);
-    let app = add_app(&mut s, "api", "prod", &[d.addr]);
-    let host = format!("{app}.{DOMAIN}");
-    s.router.client_h2_idle_timeout_ms = 1000;
-    let r = start(&s, &Collect::default());
-    let addr = r.addrs().https.unwrap();
+    let (pki, _d, host, r, addr) = site(
+        |s| s.router.client_h2_idle_timeout_ms = 1000,
+        &Collect::default(),
+    );
     let rt = two_threads();
     let config = client_config(&pki, b"h2");
 
@@ -511,16 +592,14 @@ async fn h2_upload(
 
 #[test]
 fn h2_slow_request_bodies_get_408_h28_while_others_are_served() {
-    let pki = Pki::new();
-    let d = Dyno::start("web.1");
-    let mut s = base(&pki);
-    let app = add_app(&mut s, "api", "prod", &[d.addr]);
-    let host = format!("{app}.{DOMAIN}");
-    s.router.client_body_timeout_ms = 1000;
-    s.router.client_body_min_rate = 500;
     let sink = Collect::default();
-    let r = start(&s, &sink);
-    let addr = r.addrs().https.unwrap();
+    let (pki, _d, host, r, addr) = site(
+        |s| {
+            s.router.client_body_timeout_ms = 1000;
+            s.router.client_body_min_rate = 500;
+        },
+        &sink,
+    );
     let rt = two_threads();
     let config = client_config(&pki, b"h2");
 
