@@ -251,15 +251,15 @@ def main():
     cases = []
     if only != "kafka":
         cases += [
-            ("rsyslog relay (imtcp -> omfwd)", lambda b: rsyslog, N, payload, False),
-            ("wharf, in-process bus", lambda b: wharf(), N, payload, False),
-            ("wharf, in-process bus, + a stalled drain", lambda b: wharf(), N, payload, True),
+            (RSYSLOG, lambda b: rsyslog, N, payload, False),
+            (INPROC, lambda b: wharf(), N, payload, False),
+            (STALLED, lambda b: wharf(), N, payload, True),
         ]
     elif TANSU:
-        cases.append(("rsyslog relay (imtcp -> omfwd)", lambda b: rsyslog, N, payload, False))
+        cases.append((RSYSLOG, lambda b: rsyslog, N, payload, False))
     if TANSU:
         # A fresh broker (empty sqlite database) for each Kafka run.
-        cases.append(("wharf, Kafka bus (tansu, sqlite)", lambda b: wharf(b), N_KAFKA, kp, False))
+        cases.append((KAFKA, lambda b: wharf(b), N_KAFKA, kp, False))
         # The durable peer of the Kafka case: rsyslog keeping what it took on disk.
         cases.append((RSYSLOG_DISK, lambda b: rsyslog_disk, N_KAFKA, kp, False))
     # Alternate the relays, several rounds; the case that goes first moves round by round, and

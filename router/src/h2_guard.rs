@@ -195,8 +195,8 @@ impl Watched {
 
 /// How long, and for how many bytes, a connection the router ended with GOAWAY is read and
 /// discarded before it is closed (nginx's lingering close). Closing a socket with unread input
-/// makes the kernel send RST, and a client that gets the RST before it read the GOAWAY loses
-/// the GOAWAY with the rest of its receive queue: it would never learn why it was cut off.
+/// makes the kernel reset the connection and drop what it had not sent yet: the GOAWAY, when a
+/// client's full receive window held it back, and the client never learns why it was cut off.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1024 * 1024;
 

@@ -106,32 +106,29 @@ impl Segs {
     }
 
     /// Drop the `n` oldest lines (the runs they hold go when nothing else holds them).
-    fn shed(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(front) = self.segs.front_mut() else {
-                return;
-            };
-            let k = front.len().min(n);
-            front.start += k;
-            self.len -= k;
-            n -= k;
-            if front.len() == 0 {
-                self.segs.pop_front();
-            }
-        }
+    fn shed(&mut self, n: usize) {
+        self.pop_oldest(n, |_, _| {});
     }
 
     /// The `n` oldest lines, as items.
     fn take(&mut self, n: usize, out: &mut Vec<Item>) {
+        out.reserve(n.min(self.len));
+        self.pop_oldest(n, |run, lines| {
+            out.extend(lines.map(|idx| Item {
+                run: run.clone(),
+                idx,
+            }))
+        });
+    }
+
+    /// Remove the `n` oldest lines (fewer if fewer are held), handing each segment's part to
+    /// `each` as its run and line indices.
+    fn pop_oldest(&mut self, n: usize, mut each: impl FnMut(&Arc<Run>, std::ops::Range<usize>)) {
         let mut n = n.min(self.len);
-        out.reserve(n);
         while n > 0 {
             let front = self.segs.front_mut().expect("len counts the segments");
             let k = front.len().min(n);
-            out.extend((front.start..front.start + k).map(|idx| Item {
-                run: front.run.clone(),
-                idx,
-            }));
+            each(&front.run, front.start..front.start + k);
             front.start += k;
             self.len -= k;
             n -= k;
@@ -290,14 +287,14 @@ impl DrainQueue {
                 if !s.stalled {
                     let free = self.cap.saturating_sub(s.buf.len());
                     let n = free.min(end - start);
-                    s.buf.push(Seg {
-                        run: run.clone(),
-                        start,
-                        end: start + n,
-                    });
-                    start += n;
-                    self.metrics.buffer.set(s.buf.len() as i64);
                     if n > 0 {
+                        s.buf.push(Seg {
+                            run: run.clone(),
+                            start,
+                            end: start + n,
+                        });
+                        start += n;
+                        self.metrics.buffer.set(s.buf.len() as i64);
                         self.notify.notify_one();
                     }
                     if start == end {
