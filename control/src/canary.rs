@@ -538,7 +538,7 @@ pub async fn put_settings(
     let quantity = range("quantity", body.quantity, 1, 10)?;
     let period = range("period_secs", body.period_secs, 0, 7 * 86_400)?;
     let min_requests = range("min_requests", body.min_requests, 0, 1_000_000_000)?;
-    let mut c = cp.store().pool().begin().await?;
+    let mut c = cp.store().begin_side_write().await?;
     let existed: Option<SettingsRow> =
         sqlx::query_as("SELECT * FROM canary_settings WHERE app_id = $1")
             .bind(&a.id)

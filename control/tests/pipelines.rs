@@ -1563,3 +1563,126 @@ async fn canary_manual_promote_abort_and_failed_check(db: Db) {
     .await;
     assert_eq!(audit.as_array().unwrap().len(), 2, "{audit}");
 }
+
+on_both!(side_writes_beside_revision_writes_never_fail);
+/// Pipelines and canary settings are not part of the router's config, but they are written
+/// while config writes go on (in `wharf up`, every dyno that starts is a revision write). On
+/// SQLite a transaction that reads and then writes fails at once when another writer committed
+/// in between (its snapshot is stale; no busy timeout helps), so every writer must take its
+/// turn: none of these may answer 503.
+async fn side_writes_beside_revision_writes_never_fail(db: Db) {
+    let e = env(db).await;
+    let (cp, t) = (&e.cp, e.admin.as_str());
+    ok(
+        cp,
+        Method::POST,
+        "/spaces",
+        t,
+        Some(json!({"name": "side"})),
+        StatusCode::CREATED,
+    )
+    .await;
+    ok(
+        cp,
+        Method::POST,
+        "/apps",
+        t,
+        Some(json!({"name": "web", "space": "side"})),
+        StatusCode::CREATED,
+    )
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Revision writes, back to back: the runtime's dyno changes and config var changes.
+    let dynos = {
+        let (runtime, stop) = (e.runtime.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                runtime.changes.send_modify(|v| *v += 1);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let config = {
+        let (cp, t, stop) = (cp.clone(), t.to_owned(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                ok(
+                    &cp,
+                    Method::PATCH,
+                    "/apps/web-side/config-vars",
+                    &t,
+                    Some(json!({"N": n.to_string()})),
+                    StatusCode::OK,
+                )
+                .await;
+            }
+            n
+        })
+    };
+    for i in 0..25 {
+        let name = format!("p{i}");
+        ok(
+            cp,
+            Method::POST,
+            "/pipelines",
+            t,
+            Some(json!({"name": name})),
+            StatusCode::CREATED,
+        )
+        .await;
+        ok(
+            cp,
+            Method::PATCH,
+            &format!("/pipelines/{name}"),
+            t,
+            Some(json!({"required_checks": [format!("ci/{i}")]})),
+            StatusCode::OK,
+        )
+        .await;
+        let k = ok(
+            cp,
+            Method::POST,
+            "/pipeline-couplings",
+            t,
+            Some(json!({"pipeline": name, "app": "web-side", "stage": "development"})),
+            StatusCode::CREATED,
+        )
+        .await;
+        ok(
+            cp,
+            Method::DELETE,
+            &format!("/pipeline-couplings/{}", k["id"].as_str().unwrap()),
+            t,
+            None,
+            StatusCode::OK,
+        )
+        .await;
+        ok(
+            cp,
+            Method::PUT,
+            "/apps/web-side/canary-settings",
+            t,
+            Some(json!({"weight": i + 1})),
+            StatusCode::OK,
+        )
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    dynos.await.unwrap();
+    let config_writes = config.await.unwrap();
+    assert!(config_writes > 0);
+    let list = ok(cp, Method::GET, "/pipelines", t, None, StatusCode::OK).await;
+    assert_eq!(list.as_array().unwrap().len(), 25, "{list}");
+    let s = ok(
+        cp,
+        Method::GET,
+        "/apps/web-side/canary-settings",
+        t,
+        None,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(s["weight"], 25, "{s}");
+}

@@ -248,7 +248,7 @@ pub async fn create(
     let name = body.name.to_ascii_lowercase();
     check_name("name", &name)?;
     check_contexts(&body.required_checks)?;
-    let mut c = cp.store().pool().begin().await?;
+    let mut c = cp.store().begin_side_write().await?;
     if find_pipeline(&mut c, &name).await.is_ok() {
         return Err(ApiError::Conflict(format!(
             "The pipeline {name:?} already exists."
@@ -319,7 +319,7 @@ pub async fn update(
     Body(body): Body<UpdatePipeline>,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    let mut c = cp.store().pool().begin().await?;
+    let mut c = cp.store().begin_side_write().await?;
     let mut p = find_pipeline(&mut c, &pipeline).await?;
     if let Some(checks) = body.required_checks {
         check_contexts(&checks)?;
@@ -345,7 +345,7 @@ pub async fn delete(
     Path(pipeline): Path<String>,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    let mut c = cp.store().pool().begin().await?;
+    let mut c = cp.store().begin_side_write().await?;
     let p = find_pipeline(&mut c, &pipeline).await?;
     for q in [
         "DELETE FROM promotions WHERE pipeline_id = $1",
@@ -374,7 +374,7 @@ pub async fn couple(
     Body(body): Body<CreateCoupling>,
 ) -> ApiResult<Response> {
     stage_index(&body.stage)?;
-    let mut c = cp.store().pool().begin().await?;
+    let mut c = cp.store().begin_side_write().await?;
     let p = find_pipeline(&mut c, &body.pipeline).await?;
     let a = find_app(&mut c, &body.app).await?;
     caller.require_app(&a)?;
@@ -468,7 +468,7 @@ pub async fn uncouple(
     caller: Caller,
     Path(coupling): Path<String>,
 ) -> ApiResult<Response> {
-    let mut c = cp.store().pool().begin().await?;
+    let mut c = cp.store().begin_side_write().await?;
     let k = find_coupling(&mut c, &coupling).await?;
     let a = find_app(&mut c, &k.app_id).await?;
     caller.require_app(&a)?;
@@ -541,7 +541,7 @@ pub async fn promote(
     caller: Caller,
     Body(body): Body<CreatePromotion>,
 ) -> ApiResult<Response> {
-    let mut c = cp.store().pool().begin().await?;
+    let mut c = cp.store().begin_side_write().await?;
     let p = find_pipeline(&mut c, &body.pipeline).await?;
     let src = find_app(&mut c, &body.source).await?;
     caller.require_app(&src)?;

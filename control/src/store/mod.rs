@@ -1,8 +1,10 @@
 //! The store: sqlx over SQLite (default, a file in the data directory) or PostgreSQL, chosen by
-//! URL at run time, with one set of migrations per backend. Every write runs in one transaction
-//! that first bumps the store's revision, so writers are serialised (a row lock on PostgreSQL,
-//! the write lock on SQLite, and an in-process mutex) and the snapshot built inside the
-//! transaction sees exactly the state being committed.
+//! URL at run time, with one set of migrations per backend. Every write of config runs in one
+//! transaction that first bumps the store's revision, so writers are serialised (a row lock on
+//! PostgreSQL, the write lock on SQLite taken at BEGIN, and an in-process mutex) and the
+//! snapshot built inside the transaction sees exactly the state being committed. Writes outside
+//! the config (pipelines, canary settings) take the same turn without the bump; single-statement
+//! inserts (the audit trail, tokens) wait for the database's lock with its busy timeout.
 
 pub mod rows;
 
@@ -11,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyPool, Transaction};
+use std::ops::{Deref, DerefMut};
+
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use rows::*;
@@ -54,6 +58,36 @@ pub struct Write {
     pub tx: Transaction<'static, Any>,
     pub revision: u64,
     pub(crate) _guard: OwnedMutexGuard<()>,
+}
+
+/// A write outside the published config (pipelines, canary settings): a transaction that holds
+/// its turn among all writers, like [`Write`], but leaves the revision alone. On SQLite a
+/// transaction that reads and then writes fails at once (a stale snapshot; the busy timeout does
+/// not apply) when another writer committed in between, so no writer may skip the turn.
+/// Derefs to the connection, for queries; dropping it without [`SideWrite::commit`] rolls back.
+#[derive(Debug)]
+pub struct SideWrite {
+    tx: Transaction<'static, Any>,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl SideWrite {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl Deref for SideWrite {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for SideWrite {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -124,13 +158,7 @@ impl Store {
     /// and the connection together takes at most [`ACQUIRE_TIMEOUT`] (writers queued behind one
     /// that waits for a database that is away must not wait one timeout each).
     pub async fn begin_write(&self) -> Result<Write, sqlx::Error> {
-        let start = async {
-            let guard = self.write_lock.clone().lock_owned().await;
-            Ok::<_, sqlx::Error>((guard, self.pool.begin().await?))
-        };
-        let (guard, mut tx) = tokio::time::timeout(ACQUIRE_TIMEOUT, start)
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let SideWrite { mut tx, _guard } = self.begin_side_write().await?;
         sqlx::query("UPDATE meta SET revision = revision + 1 WHERE id = 1")
             .execute(&mut *tx)
             .await?;
@@ -140,8 +168,28 @@ impl Store {
         Ok(Write {
             tx,
             revision: revision as u64,
-            _guard: guard,
+            _guard,
         })
+    }
+
+    /// Start a write that changes no published config: serialised with every other write
+    /// (the same turn and the same bound as [`Store::begin_write`]), revision unchanged.
+    pub async fn begin_side_write(&self) -> Result<SideWrite, sqlx::Error> {
+        let start = async {
+            let guard = self.write_lock.clone().lock_owned().await;
+            // SQLite: take the database's write lock at BEGIN (waiting out other writers, the
+            // audit trail's inserts among them, with the busy timeout) rather than at the first
+            // write, where it fails at once if anyone committed since this transaction read.
+            let tx = match self.backend {
+                Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                Backend::Postgres => self.pool.begin().await?,
+            };
+            Ok::<_, sqlx::Error>((guard, tx))
+        };
+        let (_guard, tx) = tokio::time::timeout(ACQUIRE_TIMEOUT, start)
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        Ok(SideWrite { tx, _guard })
     }
 
     /// The revision of the last committed write.
