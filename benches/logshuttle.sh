@@ -4,7 +4,7 @@
 # as the same relay in the same run, plus the stalled-drain isolation figure (a second drain that
 # never reads). Release build of the shuttle (logshuttle/examples/relay.rs).
 #
-#   benches/logshuttle.sh            # LINES=3000000 (LINES_KAFKA: the same) ROUNDS=3; ONLY=kafka
+#   benches/logshuttle.sh            # LINES=3000000 (LINES_KAFKA: the same) ROUNDS=3; ONLY=kafka or ONLY=stalled
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh

@@ -7,7 +7,8 @@ has counted all N. The relays: Wharf's shuttle (in-process bus, and Kafka on a t
 and rsyslog configured as the same relay (imtcp -> omfwd, octet-counted), in the same run.
 Also: Wharf with a second drain that never reads (stalled-drain isolation). Each Kafka run gets
 a fresh broker. Every result carries the relay's CPU time per line (and the broker's, and this
-driver's own), steadier than lines/s on a shared machine. ONLY=kafka runs rsyslog and the Kafka case only.
+driver's own), steadier than lines/s on a shared machine. ONLY=kafka runs rsyslog and the Kafka case only;
+ONLY=stalled the two in-process cases (healthy, and with a stalled drain) only.
 """
 import json, os, socket, subprocess, sys, tempfile, threading, time
 
@@ -249,7 +250,12 @@ def main():
     rounds = int(os.environ.get("ROUNDS", "3"))
     only = os.environ.get("ONLY")
     cases = []
-    if only != "kafka":
+    if only == "stalled":
+        cases += [
+            (INPROC, lambda b: wharf(), N, payload, False),
+            (STALLED, lambda b: wharf(), N, payload, True),
+        ]
+    elif only != "kafka":
         cases += [
             (RSYSLOG, lambda b: rsyslog, N, payload, False),
             (INPROC, lambda b: wharf(), N, payload, False),
@@ -257,7 +263,7 @@ def main():
         ]
     elif TANSU:
         cases.append((RSYSLOG, lambda b: rsyslog, N, payload, False))
-    if TANSU:
+    if TANSU and only != "stalled":
         # A fresh broker (empty sqlite database) for each Kafka run.
         cases.append((KAFKA, lambda b: wharf(b), N_KAFKA, kp, False))
         # The durable peer of the Kafka case: rsyslog keeping what it took on disk.

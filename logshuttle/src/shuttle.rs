@@ -233,6 +233,7 @@ struct Inner {
     plan: Mutex<Option<ShuttlePlan>>,
     sink: Arc<QueueSink>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    reaper: drain::Reaper,
 }
 
 /// The running shuttle. Cheap to clone; every clone is the same shuttle.
@@ -273,6 +274,7 @@ impl Shuttle {
             buckets: Mutex::new(HashMap::new()),
             limited: Mutex::new(HashMap::new()),
         });
+        let (reaper, reaping) = drain::Reaper::start();
         let handle = Handle(Arc::new(Inner {
             opts: Arc::new(opts),
             metrics,
@@ -284,7 +286,8 @@ impl Shuttle {
             drains: Mutex::new(HashMap::new()),
             plan: Mutex::new(None),
             sink,
-            tasks: Mutex::new(Vec::new()),
+            tasks: Mutex::new(vec![reaping]),
+            reaper,
         }));
         handle.apply(plan)?;
         let consumer = handle.0.bus.subscribe().await?;
@@ -487,7 +490,8 @@ impl Handle {
                     metrics.clone(),
                     *id,
                 )
-                .with_notice(told),
+                .with_notice(told)
+                .with_reaper(inner.reaper.clone()),
             );
             let task = drain::spawn(DrainCtx {
                 target: (*target).clone(),
@@ -699,6 +703,8 @@ impl Handle {
             r.task.abort();
             r.queue.close();
         }
+        // What stalled drains shed is accounted for: acknowledged before the bus commits.
+        self.0.reaper.flush();
         self.0.bus.shutdown().await;
     }
 }

@@ -2,7 +2,8 @@
 //! when the buffer is full the oldest line is dropped, and the next thing the drain sends is
 //! Heroku's L10 notice. The app's stream gets the notice when the lines are shed (at most one
 //! per drain every few seconds), so a drain that never recovers is not dropping in silence. A
-//! stalled drain therefore slows nothing but itself.
+//! stalled drain therefore slows nothing but itself: even the lines it sheds are let go of on
+//! the shuttle's [`Reaper`] task, not on the dispatcher that pushes to every drain.
 
 pub(crate) mod http;
 pub(crate) mod syslog;
@@ -105,25 +106,35 @@ impl Segs {
         }
     }
 
-    /// Drop the `n` oldest lines (the runs they hold go when nothing else holds them).
-    fn shed(&mut self, n: usize) {
-        self.pop_oldest(n, |_, _| {});
+    /// Drop the `n` oldest lines; the runs this buffer no longer holds any line of go to
+    /// `gone` (for the caller to let go of outside the lock, or to hand to the [`Reaper`]).
+    fn shed(&mut self, n: usize, gone: &mut Vec<Arc<Run>>) {
+        self.pop_oldest(n, |_, _| {}, |run| gone.push(run));
     }
 
     /// The `n` oldest lines, as items.
     fn take(&mut self, n: usize, out: &mut Vec<Item>) {
         out.reserve(n.min(self.len));
-        self.pop_oldest(n, |run, lines| {
-            out.extend(lines.map(|idx| Item {
-                run: run.clone(),
-                idx,
-            }))
-        });
+        self.pop_oldest(
+            n,
+            |run, lines| {
+                out.extend(lines.map(|idx| Item {
+                    run: run.clone(),
+                    idx,
+                }))
+            },
+            drop,
+        );
     }
 
     /// Remove the `n` oldest lines (fewer if fewer are held), handing each segment's part to
-    /// `each` as its run and line indices.
-    fn pop_oldest(&mut self, n: usize, mut each: impl FnMut(&Arc<Run>, std::ops::Range<usize>)) {
+    /// `each` as its run and line indices, and each run no longer held at all to `emptied`.
+    fn pop_oldest(
+        &mut self,
+        n: usize,
+        mut each: impl FnMut(&Arc<Run>, std::ops::Range<usize>),
+        mut emptied: impl FnMut(Arc<Run>),
+    ) {
         let mut n = n.min(self.len);
         while n > 0 {
             let front = self.segs.front_mut().expect("len counts the segments");
@@ -132,10 +143,82 @@ impl Segs {
             front.start += k;
             self.len -= k;
             n -= k;
-            if front.len() == 0 {
-                self.segs.pop_front();
+            if front.len() == 0
+                && let Some(seg) = self.segs.pop_front()
+            {
+                emptied(seg.run);
             }
         }
+    }
+}
+
+/// Where the runs a stalled drain sheds are let go of: a task of the shuttle's own. The last
+/// holder of a run frees its lines and does its acknowledgements; for a stalled drain that is
+/// the drain that sheds, and shedding happens as the dispatcher pushes — the one task every
+/// line of every app passes through. Freeing there made a stalled drain cost the healthy ones
+/// 8–11 % of their throughput on 2 cores (BENCHMARKS.md, session 8); handed over, it is work
+/// any core can do. The pile is bounded: when the reaper is that far behind, the shedder lets
+/// go itself.
+#[derive(Clone)]
+pub(crate) struct Reaper(Arc<ReaperInner>);
+
+struct ReaperInner {
+    pile: Mutex<Vec<Vec<Arc<Run>>>>,
+    wake: Arc<Notify>,
+}
+
+impl Drop for ReaperInner {
+    /// The last handle is gone: the task ends (what was left is let go of here).
+    fn drop(&mut self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Shed lots the reaper holds at most before shedders let go themselves.
+const REAP_PILE: usize = 256;
+
+impl Reaper {
+    /// A reaper and its task, which ends with the last handle (or when aborted; then
+    /// [`Reaper::flush`] lets go of what it had not).
+    pub(crate) fn start() -> (Reaper, tokio::task::JoinHandle<()>) {
+        let wake = Arc::new(Notify::new());
+        let r = Reaper(Arc::new(ReaperInner {
+            pile: Mutex::new(Vec::new()),
+            wake: wake.clone(),
+        }));
+        let weak = Arc::downgrade(&r.0);
+        let task = tokio::spawn(async move {
+            loop {
+                wake.notified().await;
+                match weak.upgrade() {
+                    Some(inner) => Reaper(inner).flush(),
+                    None => return,
+                }
+            }
+        });
+        (r, task)
+    }
+
+    /// Hand over runs to let go of (at once, here, when the pile is full).
+    fn let_go(&self, runs: Vec<Arc<Run>>) {
+        if runs.is_empty() {
+            return;
+        }
+        let mut pile = self.0.pile.lock();
+        if pile.len() >= REAP_PILE {
+            drop(pile);
+            drop(runs);
+            return;
+        }
+        pile.push(runs);
+        drop(pile);
+        self.0.wake.notify_one();
+    }
+
+    /// Let go of everything handed over so far, here and now.
+    pub(crate) fn flush(&self) {
+        let pile = std::mem::take(&mut *self.0.pile.lock());
+        drop(pile);
     }
 }
 
@@ -173,6 +256,7 @@ pub(crate) struct DrainQueue {
     metrics: DrainMetrics,
     id: String,
     notice: Option<Notice>,
+    reaper: Option<Reaper>,
 }
 
 /// What a drain takes from its buffer at once.
@@ -207,7 +291,14 @@ impl DrainQueue {
             metrics,
             id: id.into(),
             notice: None,
+            reaper: None,
         }
+    }
+
+    /// Let go of shed runs through `reaper` (else where they are shed).
+    pub(crate) fn with_reaper(mut self, reaper: Reaper) -> DrainQueue {
+        self.reaper = Some(reaper);
+        self
     }
 
     /// Tell shed lines in the app's stream through `notice`.
@@ -241,6 +332,7 @@ impl DrainQueue {
 
     /// Append `seg`, shedding the oldest lines beyond the cap.
     fn push_shedding(&self, seg: Seg) {
+        let mut gone = Vec::new();
         let (shed, untold) = {
             let mut s = self.state.lock();
             if s.closed {
@@ -258,7 +350,7 @@ impl DrainQueue {
                     s.untold_since = now;
                 }
                 s.untold += over as u64;
-                s.buf.shed(over);
+                s.buf.shed(over, &mut gone);
             }
             self.metrics.buffer.set(s.buf.len() as i64);
             let untold = self.take_untold(&mut s, false);
@@ -269,6 +361,10 @@ impl DrainQueue {
             self.metrics.dropped.inc_by(shed as u64);
         }
         self.notify.notify_one();
+        match &self.reaper {
+            Some(r) => r.let_go(gone),
+            None => drop(gone),
+        }
     }
 
     /// Append the lines of `run` in order. Waits for room while the drain is only slow; after
@@ -600,6 +696,68 @@ mod tests {
         let b = shedding.next_batch(10).await.unwrap();
         assert_eq!(texts(&b), ["4", "5", "6", "7"]);
         assert_eq!(b.dropped.map(|d| d.0), Some(4));
+    }
+
+    #[derive(Default)]
+    struct Acked(parking_lot::Mutex<Vec<(i32, i64)>>);
+    impl crate::bus::Acker for Acked {
+        fn done(&self, p: i32, o: i64) {
+            self.0.lock().push((p, o));
+        }
+    }
+
+    /// What a stalled drain sheds is let go of (freed, acknowledged) by the reaper's task, not
+    /// by the pusher — the dispatcher; `flush` lets go at once (shutdown); a full pile makes
+    /// the pusher let go itself.
+    #[tokio::test]
+    async fn shed_runs_are_let_go_of_by_the_reaper() {
+        let acked = Arc::new(Acked::default());
+        let m = crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
+        let (reaper, task) = Reaper::start();
+        let q = DrainQueue::new(2, Duration::from_secs(1), m.for_drain("a", "d"), "d")
+            .with_reaper(reaper.clone());
+        q.push(run_acked(0..2, Ack::new(0, 1, acked.clone())));
+        q.push(run(2..4));
+        assert!(
+            acked.0.lock().is_empty(),
+            "the pusher let go of the shed run itself"
+        );
+        // The reaper's task runs once this one waits (one thread: not before).
+        for _ in 0..100 {
+            if !acked.0.lock().is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*acked.0.lock(), vec![(0, 1)]);
+
+        q.push(run_acked(4..6, Ack::new(0, 2, acked.clone())));
+        q.push(run(6..8));
+        reaper.flush();
+        assert_eq!(*acked.0.lock(), vec![(0, 1), (0, 2)], "flush lets go now");
+
+        // The pile fills (run 6..8 and runs 1/0 … 1/254; no task turn in between), so the
+        // next shed run (1/255) is let go of by the pusher.
+        let last = REAP_PILE as i64 - 1;
+        for i in 0..=last {
+            q.push(run_acked(0..2, Ack::new(1, i, acked.clone())));
+        }
+        assert_eq!(acked.0.lock().len(), 2);
+        q.push(run(0..2));
+        assert_eq!(
+            acked.0.lock().last(),
+            Some(&(1, last)),
+            "with the pile full the pusher lets go itself"
+        );
+        reaper.flush();
+        assert_eq!(acked.0.lock().len(), 2 + REAP_PILE);
+
+        // The task ends with the last handle.
+        drop((q, reaper));
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the reaper's task ended")
+            .unwrap();
     }
 
     #[test]
