@@ -176,6 +176,8 @@ impl Drop for ReaperInner {
 
 /// Shed lots the reaper holds at most before shedders let go themselves.
 const REAP_PILE: usize = 256;
+/// Shed lots the reaper lets go of before it lets other tasks run.
+const REAP_TURN: usize = 16;
 
 impl Reaper {
     /// A reaper and its task, which ends with the last handle (or when aborted; then
@@ -190,13 +192,26 @@ impl Reaper {
         let task = tokio::spawn(async move {
             loop {
                 wake.notified().await;
-                match weak.upgrade() {
-                    Some(inner) => Reaper(inner).flush(),
-                    None => return,
+                // A few lots a turn: a long pile does not hold a worker for long.
+                loop {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let lots = Reaper(inner).take(REAP_TURN);
+                    if lots.is_empty() {
+                        break;
+                    }
+                    drop(lots);
+                    tokio::task::yield_now().await;
                 }
             }
         });
         (r, task)
+    }
+
+    /// Up to `n` of the oldest lots handed over.
+    fn take(&self, n: usize) -> Vec<Vec<Arc<Run>>> {
+        let mut pile = self.0.pile.lock();
+        let n = n.min(pile.len());
+        pile.drain(..n).collect()
     }
 
     /// Hand over runs to let go of (at once, here, when the pile is full).
