@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use wharf_config::{ClientLimits, Rate};
 
 /// Buckets kept at most per map; past it, buckets that refilled completely are forgotten (they
@@ -113,12 +113,15 @@ impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
 #[derive(Debug)]
 pub struct Limiter {
     open: AtomicU64,
+    /// Connections whose slot was given back (every one of their counts undone).
+    closed: AtomicU64,
     by_ip: Mutex<HashMap<IpAddr, u32>>,
     ip_rates: Buckets<IpAddr>,
     app_rates: Buckets<String>,
     app_in_flight: Mutex<HashMap<String, u32>>,
     limited: IntCounterVec,
     connections: IntGauge,
+    accepted: IntCounter,
 }
 
 impl Limiter {
@@ -133,16 +136,24 @@ impl Limiter {
         .expect("metric");
         let connections =
             IntGauge::new("client_connections", "Client connections open").expect("metric");
+        let accepted = IntCounter::new(
+            "client_connections_total",
+            "Client connections accepted (those then refused by a limit included)",
+        )
+        .expect("metric");
         let _ = registry.register(Box::new(limited.clone()));
         let _ = registry.register(Box::new(connections.clone()));
+        let _ = registry.register(Box::new(accepted.clone()));
         Arc::new(Limiter {
             open: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
             by_ip: Mutex::new(HashMap::new()),
             ip_rates: Buckets::new(),
             app_rates: Buckets::new(),
             app_in_flight: Mutex::new(HashMap::new()),
             limited,
             connections,
+            accepted,
         })
     }
 
@@ -165,6 +176,7 @@ impl Limiter {
             ip: None,
         };
         self.connections.inc();
+        self.accepted.inc();
         if limits.max_connections > 0 && open > u64::from(limits.max_connections) {
             return Err(self.refused(Limit::Connections));
         }
@@ -221,6 +233,11 @@ impl Limiter {
     pub fn open_connections(&self) -> u64 {
         self.open.load(Ordering::Acquire)
     }
+
+    /// Client connections closed so far, each with its slot given back.
+    pub fn closed_connections(&self) -> u64 {
+        self.closed.load(Ordering::Acquire)
+    }
 }
 
 /// A client connection's slot.
@@ -243,6 +260,7 @@ impl Drop for ConnectionGuard {
                 }
             }
         }
+        self.limiter.closed.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -568,6 +568,11 @@ impl Handle {
             thread: Mutex::new(Some(thread)),
             swap: Mutex::new(()),
         };
+        // Probe every listener. A probe of a client listener takes a connection slot (and one
+        // of its address's) until the router has read its EOF: wait for that too, so that no
+        // probe still counts against a client's limits once this returns.
+        let closed_before = handle.shared.limits.closed_connections();
+        let mut probes = 0;
         for a in [addrs.https, addrs.http, addrs.internal, addrs.admin]
             .into_iter()
             .flatten()
@@ -583,6 +588,15 @@ impl Handle {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            if Some(a) != addrs.admin {
+                probes += 1;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while handle.shared.limits.closed_connections() < closed_before + probes
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(2));
         }
         tracing::info!(https = ?addrs.https, http = ?addrs.http, internal = ?addrs.internal,
             admin = ?addrs.admin, threads, "router listening");

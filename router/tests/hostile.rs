@@ -79,6 +79,10 @@ fn connection_caps_close_extra_connections_and_slots_come_back() {
     s.router.limits.max_connections_per_ip = 20;
     let r = start(&s, &Collect::default());
     let addr = r.addrs().internal.unwrap();
+    // `start` returns once its probes of the three client listeners are gone: none of them
+    // still holds one of this address's 20 slots (one did, under load, in CI).
+    assert_eq!(metric(&r, "wharf_router_client_connections_total "), 3.0);
+    assert_eq!(metric(&r, OPEN), 0.0);
 
     let held: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
     assert_eq!(wait_metric(&r, OPEN, 20.0), 20.0);
