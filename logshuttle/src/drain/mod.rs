@@ -232,8 +232,7 @@ impl Reaper {
 
     /// Let go of everything handed over so far, here and now.
     pub(crate) fn flush(&self) {
-        let pile = std::mem::take(&mut *self.0.pile.lock());
-        drop(pile);
+        drop(self.take(usize::MAX));
     }
 }
 
@@ -390,7 +389,7 @@ impl DrainQueue {
         let end = run.len();
         loop {
             let room = self.room.notified();
-            {
+            let stalled = {
                 let mut s = self.state.lock();
                 if s.closed {
                     return;
@@ -412,8 +411,9 @@ impl DrainQueue {
                         return;
                     }
                 }
-            }
-            if self.is_stalled() {
+                s.stalled
+            };
+            if stalled {
                 self.push_shedding(Seg {
                     run: run.clone(),
                     start,
@@ -430,10 +430,6 @@ impl DrainQueue {
                 }
             }
         }
-    }
-
-    fn is_stalled(&self) -> bool {
-        self.state.lock().stalled
     }
 
     /// Up to `max` lines; waits while the buffer is empty. `None` once closed.
