@@ -12,10 +12,13 @@ use wharf_config::LogLine;
 
 use crate::Error;
 
-/// One consumed line and the acknowledgement that lets its offset advance.
+/// Consumed lines, in order, and the one acknowledgement they share, which lets their offset
+/// advance: a Kafka record's lines (one app's), or an in-process hand-over (any apps, nothing to
+/// acknowledge). One share for a record's lines, not one a line: the consumer and the
+/// dispatcher touch the acknowledgement once a record.
 #[derive(Debug)]
 pub struct Consumed {
-    pub line: LogLine,
+    pub lines: Vec<LogLine>,
     pub ack: Ack,
 }
 
@@ -107,7 +110,7 @@ pub trait Bus: Send + Sync + 'static {
         lines.clear();
         Ok(())
     }
-    /// The one consumer of this shuttle: batches of lines, in order per app.
+    /// The one consumer of this shuttle: batches of consumed lines, in order per app.
     async fn subscribe(&self) -> Result<mpsc::Receiver<Vec<Consumed>>, Error>;
     /// Commit what is accounted for and stop.
     async fn shutdown(&self);
@@ -139,13 +142,10 @@ impl Bus for InProcessBus {
         if lines.is_empty() {
             return Ok(Box::pin(std::future::ready(Ok(()))));
         }
-        let batch = std::mem::take(lines)
-            .into_iter()
-            .map(|line| Consumed {
-                line,
-                ack: Ack::none(),
-            })
-            .collect();
+        let batch = vec![Consumed {
+            lines: std::mem::take(lines),
+            ack: Ack::none(),
+        }];
         self.tx.send(batch).await.map_err(|_| Error::Closed)?;
         Ok(Box::pin(std::future::ready(Ok(()))))
     }

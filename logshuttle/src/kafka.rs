@@ -582,17 +582,18 @@ impl Bus for KafkaBus {
             loop {
                 use futures::{FutureExt as _, StreamExt as _};
                 let mut batch = Vec::new();
+                let mut n = 0;
                 let Some(first) = stream.next().await else {
                     return;
                 };
-                if !take(first, &acker, &metrics, &mut batch) {
+                if !take(first, &acker, &metrics, &mut batch, &mut n) {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                while batch.len() < 4096 {
+                while n < RECORD_LINES {
                     match stream.next().now_or_never() {
                         Some(Some(r)) => {
-                            if !take(r, &acker, &metrics, &mut batch) {
+                            if !take(r, &acker, &metrics, &mut batch, &mut n) {
                                 break;
                             }
                         }
@@ -654,12 +655,13 @@ impl KafkaBus {
     }
 }
 
-/// Register and decode one record; `false` on a consume error.
+/// Register and decode one record (its lines counted in `lines`); `false` on a consume error.
 fn take(
     msg: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
     acker: &Arc<KafkaAcker>,
     metrics: &Metrics,
     batch: &mut Vec<Consumed>,
+    lines: &mut usize,
 ) -> bool {
     let msg = match msg {
         Ok(m) => m,
@@ -672,17 +674,12 @@ fn take(
     let (partition, offset) = (msg.partition(), msg.offset());
     acker.commits.lock().tracker.register(partition, offset);
     let ack = Ack::new(partition, offset, acker.clone());
-    let lines = decode_record(msg.payload().unwrap_or_default());
+    let decoded = decode_record(msg.payload().unwrap_or_default());
     drop(msg);
-    match lines {
-        Ok(lines) => {
-            for line in lines {
-                batch.push(Consumed {
-                    line,
-                    ack: ack.share(),
-                });
-            }
-            ack.done();
+    match decoded {
+        Ok(got) => {
+            *lines += got.len();
+            batch.push(Consumed { lines: got, ack });
         }
         Err(e) => {
             metrics

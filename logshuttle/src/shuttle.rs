@@ -65,6 +65,13 @@ pub struct Options {
     /// broker), then answers 503 so the client sends them again (they may still arrive: at
     /// least once). A broker that is away never holds a client longer than this.
     pub ingest_ack_timeout: Duration,
+    /// Bytes of frames a syslog TCP connection may have on their way into the bus, not yet
+    /// durable, before it stops reading until the oldest are (see `ingest::syslog`). Syslog has
+    /// no acknowledgement of its own: a crash of the shuttle loses what is in this window, as it
+    /// loses what the kernel's receive buffer holds. On Kafka the window must cover the lines
+    /// that arrive while a produce request is on its way and the next one fills (one request in
+    /// flight); 8 MiB held a busy connection back 5–11 % (BENCHMARKS.md).
+    pub syslog_window_bytes: usize,
     /// Register metrics here instead of in a registry of our own.
     pub registry: Option<Registry>,
 }
@@ -88,6 +95,7 @@ impl Default for Options {
             http_batch_bytes: 1024 * 1024,
             http_linger: Duration::from_millis(200),
             ingest_ack_timeout: Duration::from_secs(10),
+            syslog_window_bytes: 32 * 1024 * 1024,
             registry: None,
         }
     }
@@ -341,55 +349,68 @@ async fn dispatcher(
     inner: std::sync::Weak<Inner>,
     mut rx: mpsc::Receiver<Vec<crate::bus::Consumed>>,
 ) {
-    let mut run: Vec<crate::bus::Consumed> = Vec::new();
+    // The run being gathered: consecutive lines of one app, and one share of each
+    // acknowledgement its lines came with.
+    let mut run: Vec<LogLine> = Vec::new();
+    let mut acks: Vec<crate::bus::Ack> = Vec::new();
     while let Some(batch) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { return };
         let routes = inner.routes.read().clone();
-        // Runs of one app's lines: one route lookup, one buffer append per drain, one counter
-        // update — not one of each per line.
-        let mut it = batch.into_iter().peekable();
-        while let Some(first) = it.next() {
-            run.clear();
-            run.push(first);
-            while let Some(next) = it.next_if(|c| c.line.app == run[0].line.app) {
-                run.push(next);
-            }
-            match routes.get(&run[0].line.app) {
-                None => {
-                    inner.metrics.unrouted.inc_by(run.len() as u64);
-                    for c in run.drain(..) {
-                        c.ack.done();
-                    }
+        // Runs of one app's lines, across the batch's records: one route lookup, one buffer
+        // append per drain, one counter update — not one of each per line.
+        for crate::bus::Consumed { lines, ack } in batch {
+            for line in lines {
+                if run.first().is_some_and(|f| f.app != line.app) {
+                    route_run(&inner, &routes, &mut run, &mut acks).await;
                 }
-                Some(r) => dispatch_run(r, &mut run).await,
+                if acks.last().is_none_or(|a| !a.same(&ack)) {
+                    acks.push(ack.share());
+                }
+                run.push(line);
             }
+            ack.done();
         }
+        route_run(&inner, &routes, &mut run, &mut acks).await;
     }
 }
 
-async fn dispatch_run(r: &AppRoute, run: &mut Vec<crate::bus::Consumed>) {
+/// Hand a gathered run to its app's drains, or count it unrouted; `run` and `acks` are left
+/// empty.
+async fn route_run(
+    inner: &Inner,
+    routes: &HashMap<String, AppRoute>,
+    run: &mut Vec<LogLine>,
+    acks: &mut Vec<crate::bus::Ack>,
+) {
+    let Some(first) = run.first() else { return };
+    match routes.get(&first.app) {
+        None => {
+            inner.metrics.unrouted.inc_by(run.len() as u64);
+            run.clear();
+            for a in acks.drain(..) {
+                a.done();
+            }
+        }
+        Some(r) => dispatch_run(r, run, acks).await,
+    }
+}
+
+async fn dispatch_run(r: &AppRoute, run: &mut Vec<LogLine>, acks: &mut Vec<crate::bus::Ack>) {
     r.ingested.inc_by(run.len() as u64);
     let mut lines = Vec::with_capacity(run.len());
-    let mut acks: Vec<crate::bus::Ack> = Vec::new();
-    for c in run.drain(..) {
-        let mut line = c.line;
+    for mut line in run.drain(..) {
         if r.socs
             && let Some(red) = wire::redact_secrets(&line.line)
         {
             line.line = red;
         }
         lines.push(Arc::new(line));
-        // Lines of one record share one acknowledgement: keep one share of it.
-        match acks.last() {
-            Some(last) if last.same(&c.ack) => c.ack.done(),
-            _ => acks.push(c.ack),
-        }
     }
     // History and tails first: they never wait.
     r.stream.push_many(&lines);
     // One run for every drain of the app; its acknowledgements are done when the last drain
     // lets go of it.
-    let run = Arc::new(drain::Run::new(lines, acks));
+    let run = Arc::new(drain::Run::new(lines, std::mem::take(acks)));
     for q in &r.drains {
         q.push_run(&run).await;
     }

@@ -15,7 +15,7 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use wharf_logshuttle::{Bus, Consumed, Error, KafkaBus, KafkaOptions, Metrics};
+use wharf_logshuttle::{Ack, Bus, Consumed, Error, KafkaBus, KafkaOptions, Metrics};
 
 const PARTITIONS: i32 = 4;
 
@@ -83,13 +83,30 @@ fn lines(app: &str, from: usize, to: usize) -> Vec<wharf_config::LogLine> {
         .collect()
 }
 
-/// Receive until `n` lines have come (bounded).
-async fn recv_n(rx: &mut mpsc::Receiver<Vec<Consumed>>, n: usize) -> Vec<Consumed> {
+/// A consumed line with its own share of its record's acknowledgement, as a drain holds it.
+struct Got {
+    line: wharf_config::LogLine,
+    ack: Ack,
+}
+
+/// Receive until `n` lines have come (bounded), each with a share of its acknowledgement (the
+/// record's own share is done, as the dispatcher does).
+async fn recv_n(rx: &mut mpsc::Receiver<Vec<Consumed>>, n: usize) -> Vec<Got> {
     let mut got = Vec::new();
     let end = tokio::time::Instant::now() + Duration::from_secs(60);
     while got.len() < n {
         match tokio::time::timeout_at(end, rx.recv()).await {
-            Ok(Some(batch)) => got.extend(batch),
+            Ok(Some(batch)) => {
+                for c in batch {
+                    for line in c.lines {
+                        got.push(Got {
+                            line,
+                            ack: c.ack.share(),
+                        });
+                    }
+                    c.ack.done();
+                }
+            }
             Ok(None) => panic!("the bus closed after {} of {n} lines", got.len()),
             Err(_) => panic!("{} of {n} lines within 60 s", got.len()),
         }
@@ -97,7 +114,7 @@ async fn recv_n(rx: &mut mpsc::Receiver<Vec<Consumed>>, n: usize) -> Vec<Consume
     got
 }
 
-fn seq(c: &Consumed) -> usize {
+fn seq(c: &Got) -> usize {
     c.line.line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
@@ -163,7 +180,7 @@ async fn an_offset_is_committed_only_once_every_drain_is_done() {
     for c in got {
         drain_a.push((seq(&c), c.ack.share()));
         drain_b.push((seq(&c), c.ack.share()));
-        c.ack.done(); // the dispatcher's own share
+        c.ack.done(); // the share recv_n took for this line
     }
     // Drain a delivers everything; drain b the first and the third record, and the second but
     // its last line.

@@ -107,13 +107,12 @@ pub async fn bind_tcp(
 
 /// Batches of one connection handed to the bus and not yet durable. Syslog over TCP has no
 /// acknowledgement of its own (RFC 6587): what the kernel took is all a sender knows. So the
-/// connection reads on while up to `WINDOW_BYTES` of frames are on their way into Kafka, and
-/// waits for the oldest batches before reading more: a crash can lose at most that window of
-/// lines the sender already wrote. The Logplex `POST /logs` answers only once its lines are
-/// durable. 8 MiB: with 512 KiB, then 2 MiB, one connection still waited on Kafka's round trips
-/// (BENCHMARKS.md); the kernel's receive buffer, which a crash loses too, may hold several
-/// times that (`tcp_rmem`).
-const WINDOW_BYTES: usize = 8 * 1024 * 1024;
+/// connection reads on while up to `Options::syslog_window_bytes` of frames are on their way
+/// into Kafka, and waits for the oldest batches before reading more: a crash can lose at most
+/// that window of lines the sender already wrote, as it loses what the kernel's receive buffer
+/// holds (`tcp_rmem`). The Logplex `POST /logs` answers only once its lines are durable. 32 MiB
+/// by default: with 512 KiB, 2 MiB, then 8 MiB, one busy connection still waited on Kafka's
+/// round trips (BENCHMARKS.md).
 /// One hand-over to the bus takes what the socket already holds, up to this many bytes of
 /// frames: on Kafka each hand-over is one record per app, and the broker's work goes by
 /// records and requests far more than by bytes (BENCHMARKS.md), so a busy connection makes few
@@ -169,7 +168,8 @@ async fn hand_over(
             lines.clear();
             inflight.receipts.push_back((r, n, taken));
             inflight.bytes += taken;
-            while inflight.bytes > WINDOW_BYTES && inflight.receipts.len() > 1 {
+            let window = handle.options().syslog_window_bytes;
+            while inflight.bytes > window && inflight.receipts.len() > 1 {
                 inflight.settle_one(metrics, peer).await;
             }
             true
