@@ -26,6 +26,10 @@ pub struct Metrics {
     pub drain_reconnects: IntCounterVec,
     /// Lines accepted by network ingest that the bus did not take (produce failed), per path.
     pub ingest_lost: IntCounterVec,
+    /// Bytes of frames syslog TCP connections have handed to the bus that it has not yet made
+    /// durable: what a crash of the shuttle would lose (each connection keeps at most
+    /// `Options::syslog_window_bytes` of it, plus one hand-over).
+    pub syslog_inflight_bytes: IntGauge,
     /// Tail sessions cut loose because their reader fell behind.
     pub tail_cut: IntCounter,
     pub tail_sessions: IntGauge,
@@ -116,6 +120,10 @@ impl Metrics {
                 ),
                 &["path"],
             )?,
+            syslog_inflight_bytes: IntGauge::new(
+                "wharf_logshuttle_syslog_inflight_bytes",
+                "Bytes of syslog TCP frames handed to the bus and not yet durable",
+            )?,
             tail_cut: IntCounter::new(
                 "wharf_logshuttle_tail_cut_total",
                 "Tail sessions cut loose (L11)",
@@ -150,6 +158,7 @@ impl Metrics {
         r.register(Box::new(m.drain_stalled.clone()))?;
         r.register(Box::new(m.drain_reconnects.clone()))?;
         r.register(Box::new(m.ingest_lost.clone()))?;
+        r.register(Box::new(m.syslog_inflight_bytes.clone()))?;
         r.register(Box::new(m.tail_cut.clone()))?;
         r.register(Box::new(m.tail_sessions.clone()))?;
         r.register(Box::new(m.kafka_lag.clone()))?;

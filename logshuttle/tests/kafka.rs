@@ -629,3 +629,92 @@ async fn broker_stopped_for_30_s_under_ingest_loses_no_acknowledged_line() {
 fn count_status(posts: &[Post], status: u16) -> usize {
     posts.iter().filter(|p| p.status == status).count()
 }
+
+/// Syslog over TCP has no acknowledgement: what a connection has read and the broker has not
+/// yet acknowledged is what a crash would lose. With the broker away, a connection reads on
+/// until `syslog_window_bytes` of frames wait for it (plus one hand-over) and then stops
+/// reading, so its sender is held back by TCP instead; the gauge shows the bytes at stake. Once
+/// the broker is back every line the sender wrote arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syslog_connection_holds_at_most_its_window_while_the_broker_is_away() {
+    use std::io::Write as _;
+    const WINDOW: usize = 1024 * 1024;
+    const N: usize = 20_000;
+    let mut broker = Tansu::start();
+    let rs = Rsyslog::start(Proto::Tcp, None);
+    let mut opts = options();
+    opts.bus = BusChoice::Kafka(kafka_opts(&broker.brokers()));
+    opts.syslog_window_bytes = WINDOW;
+    let shuttle = Shuttle::start(opts, two_apps(&rs.url())).await.unwrap();
+    let listener = shuttle
+        .bind_syslog_tcp("127.0.0.1:0".parse().unwrap(), Some("tok-a".into()))
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    // ~1 KiB lines, octet-counted.
+    let pad = "x".repeat(1_000);
+    let frame = |i: usize| {
+        let msg = format!(
+            "<190>1 2026-12-07T00:00:00.000000+00:00 host app web.1 - - a-default {i} {pad}"
+        );
+        format!("{} {msg}", msg.len()).into_bytes()
+    };
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    client.write_all(&frame(0)).unwrap();
+    wait_for(60, "the first line through Kafka", || {
+        received(&rs)
+            .get("a-default")
+            .is_some_and(|v| v.contains(&0))
+    })
+    .await;
+
+    broker.stop();
+    let frames: Vec<u8> = (1..N).flat_map(frame).collect();
+    let total = frames.len();
+    let writer = tokio::task::spawn_blocking(move || {
+        // Blocks once the shuttle stops reading; goes on when the broker is back.
+        client.write_all(&frames).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        client
+    });
+    let gauge = shuttle.metrics().syslog_inflight_bytes.clone();
+    let mut most = 0;
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < end {
+        most = most.max(gauge.get());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let bound = WINDOW + 256 * 1024 + frame(N).len();
+    assert!(
+        most as usize >= WINDOW,
+        "the connection read on up to its window: {most} bytes at most"
+    );
+    assert!(
+        (most as usize) <= bound,
+        "at most the window and one hand-over wait for the broker: {most} > {bound} \
+         (the sender wrote {total} bytes)"
+    );
+    assert!(!writer.is_finished(), "the sender is held back by TCP");
+
+    broker.restart();
+    let _client = writer.await.unwrap();
+    wait_for(120, "every line after the broker is back", || {
+        let got = received(&rs).remove("a-default").unwrap_or_default();
+        let mut seen = vec![false; N];
+        got.iter().for_each(|&i| seen[i] = true);
+        seen.iter().all(|s| *s)
+    })
+    .await;
+    let got = received(&rs).remove("a-default").unwrap();
+    let mut first = Vec::new();
+    let mut seen = vec![false; N];
+    for i in got {
+        if !std::mem::replace(&mut seen[i], true) {
+            first.push(i);
+        }
+    }
+    assert_eq!(first, (0..N).collect::<Vec<_>>(), "in order");
+    wait_for(30, "nothing at stake any more", || gauge.get() == 0).await;
+    drop(listener);
+    shuttle.shutdown(Duration::from_secs(10)).await;
+}

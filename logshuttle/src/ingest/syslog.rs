@@ -125,13 +125,36 @@ struct InFlight {
     /// Receipt, lines, bytes of frames.
     receipts: VecDeque<(Receipt, usize, usize)>,
     bytes: usize,
+    /// `wharf_logshuttle_syslog_inflight_bytes`: this connection's `bytes` are part of it.
+    gauge: prometheus::IntGauge,
 }
 
 impl InFlight {
+    fn new(metrics: &crate::Metrics) -> InFlight {
+        InFlight {
+            receipts: VecDeque::new(),
+            bytes: 0,
+            gauge: metrics.syslog_inflight_bytes.clone(),
+        }
+    }
+
+    fn push(&mut self, receipt: Receipt, lines: usize, bytes: usize) {
+        self.receipts.push_back((receipt, lines, bytes));
+        self.bytes += bytes;
+        self.gauge.add(bytes as i64);
+    }
+
+    /// Wait for the oldest batch to be durable (or lost, and counted). Its bytes stay in the
+    /// window, and in the gauge, until then: they are what a crash would lose meanwhile.
     async fn settle_one(&mut self, metrics: &crate::Metrics, peer: SocketAddr) {
-        if let Some((r, n, bytes)) = self.receipts.pop_front() {
+        let Some((r, _, _)) = self.receipts.front_mut() else {
+            return;
+        };
+        let got = r.await;
+        if let Some((_, n, bytes)) = self.receipts.pop_front() {
             self.bytes -= bytes;
-            if let Err(e) = r.await {
+            self.gauge.sub(bytes as i64);
+            if let Err(e) = got {
                 metrics
                     .ingest_lost
                     .with_label_values(&["syslog-tcp"])
@@ -145,6 +168,14 @@ impl InFlight {
         while !self.receipts.is_empty() {
             self.settle_one(metrics, peer).await;
         }
+    }
+}
+
+impl Drop for InFlight {
+    /// A connection's task ended without settling (the shuttle stopping): its bytes leave
+    /// the gauge with it.
+    fn drop(&mut self) {
+        self.gauge.sub(self.bytes as i64);
     }
 }
 
@@ -166,8 +197,7 @@ async fn hand_over(
     match handle.send_to_bus(lines).await {
         Ok(r) => {
             lines.clear();
-            inflight.receipts.push_back((r, n, taken));
-            inflight.bytes += taken;
+            inflight.push(r, n, taken);
             let window = handle.options().syslog_window_bytes;
             while inflight.bytes > window && inflight.receipts.len() > 1 {
                 inflight.settle_one(metrics, peer).await;
@@ -208,10 +238,7 @@ async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token:
     let mut lines = Vec::with_capacity(512);
     // Bytes of the frames in `lines`.
     let mut taken = 0usize;
-    let mut inflight = InFlight {
-        receipts: VecDeque::new(),
-        bytes: 0,
-    };
+    let mut inflight = InFlight::new(&metrics);
     loop {
         let tokens = handle.tokens();
         let mut apps = Apps::new(&tokens);
