@@ -1,20 +1,21 @@
 //! The API end to end through `Router::oneshot`, each test on SQLite and on PostgreSQL.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::BodyExt;
-use serde_json::{Value, json};
+use axum::http::{Method, StatusCode};
+use serde_json::json;
 use tokio::sync::{broadcast, watch};
-use tower::ServiceExt;
 use wharf_config::{DynoState, LineSink, LogLine, Source};
 use wharf_control::auth::Scope;
 use wharf_control::logs::MemoryLogs;
 use wharf_control::store::Store;
 use wharf_control::{ControlPlane, Settings};
+
+use support::{Db, PgSchema, call, call_raw, fresh_store, ok};
 use wharf_runtime::{
     DesiredState, DynoStatus, RunHandle, RunRequest, Runtime, RuntimeError, RuntimeEvent,
 };
@@ -82,69 +83,9 @@ struct Env {
     _schema: Option<PgSchema>,
 }
 
-/// A PostgreSQL schema dropped when the test ends.
-struct PgSchema(String);
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let schema = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(pool) =
-                    sqlx::AnyPool::connect("postgres://postgres@127.0.0.1:5432/test").await
-                {
-                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                        .execute(&pool)
-                        .await;
-                    pool.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-async fn store(db: Db, dir: &tempfile::TempDir) -> (Store, Option<PgSchema>) {
-    match db {
-        Db::Sqlite => (
-            Store::open(&format!("sqlite://{}/wharf.db", dir.path().display()))
-                .await
-                .unwrap(),
-            None,
-        ),
-        Db::Postgres => {
-            let base = "postgres://postgres@127.0.0.1:5432/test";
-            let schema = format!("wharf_{}", uuid::Uuid::new_v4().simple());
-            sqlx::any::install_default_drivers();
-            let pool = sqlx::AnyPool::connect(base)
-                .await
-                .expect("PostgreSQL on 127.0.0.1:5432");
-            sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-            let store = Store::open(&format!("{base}?options=-c%20search_path%3D{schema}"))
-                .await
-                .unwrap();
-            (store, Some(PgSchema(schema)))
-        }
-    }
-}
-
 async fn env(db: Db) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let (store, schema) = store(db, &dir).await;
+    let (store, schema) = fresh_store(db, &dir).await;
     let runtime = Arc::new(FakeRuntime::new());
     let logs = Arc::new(MemoryLogs::default());
     let settings = Settings {
@@ -166,74 +107,6 @@ async fn env(db: Db) -> Env {
         _dir: dir,
         _schema: schema,
     }
-}
-
-struct Resp {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-async fn call_raw(
-    cp: &ControlPlane,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<String>,
-    extra: &[(&str, &str)],
-) -> Resp {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("accept", "application/vnd.heroku+json; version=3")
-        .header("host", "control.test");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    for (k, v) in extra {
-        req = req.header(*k, *v);
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b))
-            .unwrap(),
-        None => req.body(Body::empty()).unwrap(),
-    };
-    let resp = cp.router().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-    };
-    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}: {body}");
-    Resp {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn call(
-    cp: &ControlPlane,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> Resp {
-    call_raw(
-        cp,
-        method,
-        path,
-        Some(token),
-        body.map(|b| b.to_string()),
-        &[],
-    )
-    .await
 }
 
 fn both(name: &str) {
@@ -577,54 +450,42 @@ async fn auth_and_scopes(db: Db) {
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.body["id"], "forbidden");
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/apps",
-            &team,
-            Some(json!({"name": "new"}))
-        )
-        .await
-        .status,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/apps",
-            &team,
-            Some(json!({"name": "new", "space": "team"}))
-        )
-        .await
-        .status,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/spaces",
-            &team,
-            Some(json!({"name": "other"}))
-        )
-        .await
-        .status,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/tokens",
-            &team,
-            Some(json!({"scope": {"admin": true}}))
-        )
-        .await
-        .status,
-        StatusCode::FORBIDDEN
-    );
+    ok(
+        cp,
+        Method::POST,
+        "/apps",
+        &team,
+        Some(json!({"name": "new"})),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    ok(
+        cp,
+        Method::POST,
+        "/apps",
+        &team,
+        Some(json!({"name": "new", "space": "team"})),
+        StatusCode::CREATED,
+    )
+    .await;
+    ok(
+        cp,
+        Method::POST,
+        "/spaces",
+        &team,
+        Some(json!({"name": "other"})),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    ok(
+        cp,
+        Method::POST,
+        "/tokens",
+        &team,
+        Some(json!({"scope": {"admin": true}})),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
     assert_eq!(
         call(cp, Method::GET, "/v1/snapshot", &team, None)
             .await
@@ -782,46 +643,37 @@ async fn sites_routes_filters_drains_certs(db: Db) {
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/sites",
-            t,
-            Some(json!({"domain": "www.example.com"}))
-        )
-        .await
-        .status,
-        StatusCode::CONFLICT
-    );
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/sites",
-            t,
-            Some(json!({"domain": "not a host"}))
-        )
-        .await
-        .status,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    ok(
+        cp,
+        Method::POST,
+        "/sites",
+        t,
+        Some(json!({"domain": "www.example.com"})),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    ok(
+        cp,
+        Method::POST,
+        "/sites",
+        t,
+        Some(json!({"domain": "not a host"})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
 
     let r = call(cp, Method::POST, "/routes", t, Some(json!({"site": "www.example.com", "app": "api-default", "source_path": "/api", "target_path": "/"}))).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let route_id = r.body["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/routes",
-            t,
-            Some(json!({"site": "www.example.com", "app": "api", "source_path": "/api/"}))
-        )
-        .await
-        .status,
-        StatusCode::CONFLICT
-    );
+    ok(
+        cp,
+        Method::POST,
+        "/routes",
+        t,
+        Some(json!({"site": "www.example.com", "app": "api", "source_path": "/api/"})),
+        StatusCode::CONFLICT,
+    )
+    .await;
     // A public site routing to an internal app: the snapshot would be invalid → 422 with problems.
     let r = call(
         cp,
@@ -874,30 +726,24 @@ async fn sites_routes_filters_drains_certs(db: Db) {
     assert_eq!(r.body["options"]["audiences"], json!(["a", "b"]));
     let r = call(cp, Method::POST, "/filters", t, Some(json!({"name": "cors", "type": "cors", "options": {"allow_origin": ["https://a.example.com"], "max_age": 600}}))).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/filters",
-            t,
-            Some(json!({"name": "x", "type": "csp"}))
-        )
-        .await
-        .status,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/filters",
-            t,
-            Some(json!({"name": "y", "type": "jwt", "options": {"bogus": 1}}))
-        )
-        .await
-        .status,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    ok(
+        cp,
+        Method::POST,
+        "/filters",
+        t,
+        Some(json!({"name": "x", "type": "csp"})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    ok(
+        cp,
+        Method::POST,
+        "/filters",
+        t,
+        Some(json!({"name": "y", "type": "jwt", "options": {"bogus": 1}})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     // Invalid per the config crate (http JWKS on a public host) → 422 from snapshot validation.
     let r = call(cp, Method::POST, "/filters", t, Some(json!({"name": "z", "type": "jwt", "options": {"jwks_uri": "http://id.example.com/jwks", "issuer": "i"}}))).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -911,30 +757,24 @@ async fn sites_routes_filters_drains_certs(db: Db) {
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let att = r.body["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/apps/api/filters",
-            t,
-            Some(json!({"filter": "auth"}))
-        )
-        .await
-        .status,
-        StatusCode::CONFLICT
-    );
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/apps/api/filters",
-            t,
-            Some(json!({"filter": "nope"}))
-        )
-        .await
-        .status,
-        StatusCode::NOT_FOUND
-    );
+    ok(
+        cp,
+        Method::POST,
+        "/apps/api/filters",
+        t,
+        Some(json!({"filter": "auth"})),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    ok(
+        cp,
+        Method::POST,
+        "/apps/api/filters",
+        t,
+        Some(json!({"filter": "nope"})),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     let s = cp.snapshot();
     assert_eq!(s.attachments.len(), 1);
     assert_eq!(s.attachments[0].excludes, ["/health"]);
@@ -967,30 +807,24 @@ async fn sites_routes_filters_drains_certs(db: Db) {
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert!(r.body["token"].as_str().unwrap().starts_with("d."));
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/apps/api/log-drains",
-            t,
-            Some(json!({"url": "syslog+tls://logs.example.com:6514"}))
-        )
-        .await
-        .status,
-        StatusCode::CONFLICT
-    );
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/apps/api/log-drains",
-            t,
-            Some(json!({"url": "ftp://x"}))
-        )
-        .await
-        .status,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    ok(
+        cp,
+        Method::POST,
+        "/apps/api/log-drains",
+        t,
+        Some(json!({"url": "syslog+tls://logs.example.com:6514"})),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    ok(
+        cp,
+        Method::POST,
+        "/apps/api/log-drains",
+        t,
+        Some(json!({"url": "ftp://x"})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     assert_eq!(
         call(cp, Method::POST, "/apps/api/log-drains", t, Some(json!({})))
             .await
@@ -1011,18 +845,15 @@ async fn sites_routes_filters_drains_certs(db: Db) {
     assert!(compiled.shuttle.apps.contains_key("api-default"));
     let r = call(cp, Method::GET, "/apps/api/log-drains", t, None).await;
     let drain = r.body[0]["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        call(
-            cp,
-            Method::DELETE,
-            &format!("/apps/api/log-drains/{drain}"),
-            t,
-            None
-        )
-        .await
-        .status,
-        StatusCode::OK
-    );
+    ok(
+        cp,
+        Method::DELETE,
+        &format!("/apps/api/log-drains/{drain}"),
+        t,
+        None,
+        StatusCode::OK,
+    )
+    .await;
     assert!(cp.snapshot().drains.is_empty());
 
     // Custom domains.
@@ -1035,18 +866,15 @@ async fn sites_routes_filters_drains_certs(db: Db) {
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/apps/api/domains",
-            t,
-            Some(json!({"hostname": "api.example.com"}))
-        )
-        .await
-        .status,
-        StatusCode::CONFLICT
-    );
+    ok(
+        cp,
+        Method::POST,
+        "/apps/api/domains",
+        t,
+        Some(json!({"hostname": "api.example.com"})),
+        StatusCode::CONFLICT,
+    )
+    .await;
     let r = call(cp, Method::GET, "/apps/api/domains", t, None).await;
     assert_eq!(r.body.as_array().unwrap().len(), 2);
     assert_eq!(
@@ -1096,18 +924,15 @@ async fn builds_runtime_and_endpoints(db: Db) {
         e.runtime.desired.lock().unwrap().apps.is_empty(),
         "no artifact yet, nothing runs"
     );
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/apps/api/builds",
-            t,
-            Some(json!({"source_blob": {"url": "docker://registry/api"}}))
-        )
-        .await
-        .status,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    ok(
+        cp,
+        Method::POST,
+        "/apps/api/builds",
+        t,
+        Some(json!({"source_blob": {"url": "docker://registry/api"}})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     let r = call(
         cp,
         Method::POST,
@@ -1191,34 +1016,28 @@ async fn builds_runtime_and_endpoints(db: Db) {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/apps/api/releases/3/statuses",
-            t,
-            Some(json!({"context": "ci", "state": "maybe"}))
-        )
-        .await
-        .status,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    ok(
+        cp,
+        Method::POST,
+        "/apps/api/releases/3/statuses",
+        t,
+        Some(json!({"context": "ci", "state": "maybe"})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     let r = call(cp, Method::GET, "/apps/api/releases/3/statuses", t, None).await;
     assert_eq!(r.body[0]["state"], "success");
 
     // Rollback to a release without a build when one is deployed: refused.
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/apps/api/releases",
-            t,
-            Some(json!({"release": "1"}))
-        )
-        .await
-        .status,
-        StatusCode::CONFLICT
-    );
+    ok(
+        cp,
+        Method::POST,
+        "/apps/api/releases",
+        t,
+        Some(json!({"release": "1"})),
+        StatusCode::CONFLICT,
+    )
+    .await;
     // Deploy a build again by slug id.
     let builds = call(cp, Method::GET, "/apps/api/builds", t, None).await;
     let r = call(
@@ -1281,18 +1100,15 @@ async fn log_sessions(db: Db) {
             .status,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(
-        call(
-            cp,
-            Method::POST,
-            "/apps/api/log-sessions",
-            t,
-            Some(json!({"lines": 99999}))
-        )
-        .await
-        .status,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    ok(
+        cp,
+        Method::POST,
+        "/apps/api/log-sessions",
+        t,
+        Some(json!({"lines": 99999})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
 }
 
 /// Once for real over a socket: the long-poll snapshot feed wakes on a change.

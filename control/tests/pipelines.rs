@@ -1,22 +1,23 @@
 //! Pipelines and promotions with status checks, canary releases, the audit trail, and the
 //! socs/prod rules — through the API (`Router::oneshot`), each test on SQLite and PostgreSQL.
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
-use tower::ServiceExt;
 use wharf_config::{RouterEvent, SideFigures};
 use wharf_control::auth::Scope;
 use wharf_control::canary::FnFigures;
 use wharf_control::logs::MemoryLogs;
 use wharf_control::store::Store;
 use wharf_control::{ControlEvent, ControlPlane, Fault, Settings};
+
+use support::{Db, PgSchema, call, fresh_url, ok};
 use wharf_runtime::{
     DesiredState, DynoStatus, RunHandle, RunRequest, Runtime, RuntimeError, RuntimeEvent,
 };
@@ -66,38 +67,6 @@ impl Runtime for FakeRuntime {
     async fn shutdown(&self) {}
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-/// A PostgreSQL schema dropped when the test ends.
-struct PgSchema(String);
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let schema = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(pool) =
-                    sqlx::AnyPool::connect("postgres://postgres@127.0.0.1:5432/test").await
-                {
-                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                        .execute(&pool)
-                        .await;
-                    pool.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 struct Env {
     cp: ControlPlane,
     admin: String,
@@ -116,26 +85,7 @@ fn settings() -> Settings {
 
 async fn env(db: Db) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let (url, schema) = match db {
-        Db::Sqlite => (format!("sqlite://{}/wharf.db", dir.path().display()), None),
-        Db::Postgres => {
-            let base = "postgres://postgres@127.0.0.1:5432/test";
-            let schema = format!("wharf_{}", uuid::Uuid::new_v4().simple());
-            sqlx::any::install_default_drivers();
-            let pool = sqlx::AnyPool::connect(base)
-                .await
-                .expect("PostgreSQL on 127.0.0.1:5432");
-            sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-            (
-                format!("{base}?options=-c%20search_path%3D{schema}"),
-                Some(PgSchema(schema)),
-            )
-        }
-    };
+    let (url, schema) = fresh_url(db, &dir).await;
     let runtime = Arc::new(FakeRuntime::new());
     let cp = open(&url, runtime.clone()).await;
     let admin = cp
@@ -157,52 +107,6 @@ async fn open(url: &str, runtime: Arc<FakeRuntime>) -> ControlPlane {
     ControlPlane::new(store, runtime, Arc::new(MemoryLogs::default()), settings())
         .await
         .unwrap()
-}
-
-struct Resp {
-    status: StatusCode,
-    body: Value,
-}
-
-async fn call(
-    cp: &ControlPlane,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> Resp {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"));
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string()))
-            .unwrap(),
-        None => req.body(Body::empty()).unwrap(),
-    };
-    let resp = cp.router().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}: {body}");
-    Resp { status, body }
-}
-
-/// `call` that must answer `want`.
-async fn ok(
-    cp: &ControlPlane,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-    want: StatusCode,
-) -> Value {
-    let r = call(cp, method.clone(), path, token, body).await;
-    assert_eq!(r.status, want, "{method} {path}: {}", r.body);
-    r.body
 }
 
 macro_rules! on_both {

@@ -8,6 +8,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
 use wharf_control::auth::Scope;
 use wharf_control::logs::MemoryLogs;
 use wharf_control::store::Store;
@@ -69,13 +74,15 @@ impl Drop for PgSchema {
 
 /// A fresh, empty store; keep the `PgSchema` alive as long as the store is used.
 pub async fn fresh_store(db: Db, dir: &tempfile::TempDir) -> (Store, Option<PgSchema>) {
+    let (url, schema) = fresh_url(db, dir).await;
+    (Store::open(&url).await.unwrap(), schema)
+}
+
+/// The URL of a fresh, empty database (SQLite in `dir`, or a PostgreSQL schema of its own),
+/// for a test that opens it more than once.
+pub async fn fresh_url(db: Db, dir: &tempfile::TempDir) -> (String, Option<PgSchema>) {
     match db {
-        Db::Sqlite => (
-            Store::open(&format!("sqlite://{}/c.db", dir.path().display()))
-                .await
-                .unwrap(),
-            None,
-        ),
+        Db::Sqlite => (format!("sqlite://{}/wharf.db", dir.path().display()), None),
         Db::Postgres => {
             let schema = format!("wharf_{}", uuid::Uuid::new_v4().simple());
             sqlx::any::install_default_drivers();
@@ -87,10 +94,96 @@ pub async fn fresh_store(db: Db, dir: &tempfile::TempDir) -> (Store, Option<PgSc
                 .await
                 .unwrap();
             pool.close().await;
-            let store = Store::open(&format!("{PG}?options=-c%20search_path%3D{schema}"))
-                .await
-                .unwrap();
-            (store, Some(PgSchema(schema)))
+            (
+                format!("{PG}?options=-c%20search_path%3D{schema}"),
+                Some(PgSchema(schema)),
+            )
         }
     }
+}
+
+/// An answer of the API, its body parsed as JSON (a string when it is not; null when empty).
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+/// One request to the control plane's router, in process; a 500 fails the test.
+pub async fn call_raw(
+    cp: &ControlPlane,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<String>,
+    extra: &[(&str, &str)],
+) -> Resp {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("accept", "application/vnd.heroku+json; version=3")
+        .header("host", "control.test");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b))
+            .unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    let resp = cp.router().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}: {body}");
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `call_raw` with a bearer token and a JSON body.
+pub async fn call(
+    cp: &ControlPlane,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Resp {
+    call_raw(
+        cp,
+        method,
+        path,
+        Some(token),
+        body.map(|b| b.to_string()),
+        &[],
+    )
+    .await
+}
+
+/// Call and assert the answer's status (a mismatch names the request and shows the body);
+/// the answer's body.
+pub async fn ok(
+    cp: &ControlPlane,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+    want: StatusCode,
+) -> Value {
+    let r = call(cp, method.clone(), path, token, body).await;
+    assert_eq!(r.status, want, "{method} {path}: {}", r.body);
+    r.body
 }
