@@ -1,5 +1,6 @@
 //! A log line as it crosses crate lines: from the router, dynos and builds into the shuttle.
 
+pub use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 /// Who wrote a line: the app itself, or the platform about the app (router, dyno manager).
@@ -19,15 +20,17 @@ impl Source {
     }
 }
 
-/// One log line of one app.
+/// One log line of one app. The names are [`CompactString`]s: up to 24 bytes they live inside
+/// the line, so making, cloning and dropping a line costs one allocation (its text), not four;
+/// every line of every app passes through the shuttle, some of them twice (Kafka).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
     /// App key `{app}-{space}`.
-    pub app: String,
-    pub space: String,
+    pub app: CompactString,
+    pub space: CompactString,
     pub source: Source,
     /// `web.1`, `run.3`, `build`, `router`.
-    pub process: String,
+    pub process: CompactString,
     /// Microseconds since the Unix epoch, UTC.
     pub timestamp_us: i64,
     pub line: String,

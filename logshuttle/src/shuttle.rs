@@ -147,14 +147,14 @@ impl QueueSink {
 
     /// [`QueueSink::within_rate`] with the rates already in hand (once per batch).
     fn within_rate_of(&self, rates: &HashMap<String, wharf_config::Rate>, line: &LogLine) -> bool {
-        let Some(rate) = rates.get(&line.app) else {
+        let Some(rate) = rates.get(line.app.as_str()) else {
             return true;
         };
         let now = std::time::Instant::now();
         let ok = {
             let mut b = self.buckets.lock();
             let e = b
-                .entry(line.app.clone())
+                .entry(line.app.to_string())
                 .or_insert((f64::from(rate.burst), now));
             let dt = now.saturating_duration_since(e.1).as_secs_f64();
             e.0 = (e.0 + dt * f64::from(rate.per_sec)).min(f64::from(rate.burst));
@@ -173,8 +173,8 @@ impl QueueSink {
                 .inc();
             let mut l = self.limited.lock();
             let e = l
-                .entry(line.app.clone())
-                .or_insert_with(|| (line.space.clone(), 0, wire::now_us()));
+                .entry(line.app.to_string())
+                .or_insert_with(|| (line.space.to_string(), 0, wire::now_us()));
             e.1 += 1;
             self.any_drop.store(true, Ordering::Release);
         }
@@ -196,8 +196,8 @@ impl LineSink for QueueSink {
                     .inc();
                 let mut d = self.drops.lock();
                 let e = d
-                    .entry(line.app)
-                    .or_insert_with(|| (line.space, 0, wire::now_us()));
+                    .entry(line.app.into_string())
+                    .or_insert_with(|| (line.space.into_string(), 0, wire::now_us()));
                 e.1 += 1;
                 self.any_drop.store(true, Ordering::Release);
             }
@@ -383,7 +383,7 @@ async fn route_run(
     acks: &mut Vec<crate::bus::Ack>,
 ) {
     let Some(first) = run.first() else { return };
-    match routes.get(&first.app) {
+    match routes.get(first.app.as_str()) {
         None => {
             inner.metrics.unrouted.inc_by(run.len() as u64);
             run.clear();

@@ -215,10 +215,10 @@ pub fn push_octet_counted(out: &mut Vec<u8>, msg: &[u8]) {
 /// A notice Logplex writes into an app's stream (`heroku[logplex]: Error L10 …`).
 pub fn notice(app: &str, space: &str, text: String) -> LogLine {
     LogLine {
-        app: app.to_owned(),
-        space: space.to_owned(),
+        app: app.into(),
+        space: space.into(),
         source: Source::Heroku,
-        process: "logplex".to_owned(),
+        process: "logplex".into(),
         timestamp_us: now_us(),
         line: text,
     }
@@ -331,13 +331,13 @@ impl Message<'_> {
     /// The line for app `app` (key) in `space`.
     pub fn to_line(&self, app: &str, space: &str) -> LogLine {
         LogLine {
-            app: app.to_owned(),
-            space: space.to_owned(),
+            app: app.into(),
+            space: space.into(),
             source: self.source(),
             process: if self.procid == "-" {
-                String::new()
+                wharf_config::CompactString::default()
             } else {
-                self.procid.to_owned()
+                self.procid.into()
             },
             timestamp_us: self.timestamp_us.unwrap_or_else(now_us),
             line: self.msg.to_owned(),

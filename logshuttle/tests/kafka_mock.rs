@@ -153,7 +153,10 @@ async fn each_apps_lines_arrive_in_order_across_publishes() {
     let got = recv_n(&mut rx, per * apps.len()).await;
     let mut by_app: HashMap<String, Vec<usize>> = HashMap::new();
     for c in got {
-        by_app.entry(c.line.app.clone()).or_default().push(seq(&c));
+        by_app
+            .entry(c.line.app.to_string())
+            .or_default()
+            .push(seq(&c));
         c.ack.done();
     }
     for app in apps {

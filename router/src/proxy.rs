@@ -1280,8 +1280,8 @@ impl Edge {
             tls_version: ctx.tls_version,
         });
         self.shared.sink.send(LogLine {
-            app: app.key.clone(),
-            space: app.space.clone(),
+            app: app.key.as_str().into(),
+            space: app.space.as_str().into(),
             source: Source::Heroku,
             process: "router".into(),
             timestamp_us: (ctx.start_ms as i64) * 1000,

@@ -903,10 +903,10 @@ impl KubeRuntime {
             let from = was.unwrap_or(DynoState::Starting);
             if was.is_some() || d.state != DynoState::Starting {
                 self.inner.sink.send(LogLine {
-                    app: d.app.clone(),
-                    space: spaces.get(&d.app).cloned().unwrap_or_default(),
+                    app: d.app.as_str().into(),
+                    space: spaces.get(&d.app).cloned().unwrap_or_default().into(),
                     source: Source::Heroku,
-                    process: d.name.clone(),
+                    process: d.name.as_str().into(),
                     timestamp_us: now_us(),
                     line: format!(
                         "State changed from {} to {}",
@@ -1074,10 +1074,10 @@ impl KubeRuntime {
             };
             let Some(Ok(line)) = next else { return };
             self.inner.sink.send(LogLine {
-                app: key.clone(),
-                space: ns.clone(),
+                app: key.as_str().into(),
+                space: ns.as_str().into(),
                 source: Source::App,
-                process: dyno.clone(),
+                process: dyno.as_str().into(),
                 timestamp_us: now_us(),
                 line,
             });
@@ -1137,10 +1137,10 @@ impl KubeRuntime {
             while let Some(Ok(line)) = lines.next().await {
                 let _ = out.send(line.clone()).await;
                 self.inner.sink.send(LogLine {
-                    app: app.key.clone(),
-                    space: app.space.clone(),
+                    app: app.key.as_str().into(),
+                    space: app.space.as_str().into(),
                     source: Source::App,
-                    process: dyno.clone(),
+                    process: dyno.as_str().into(),
                     timestamp_us: now_us(),
                     line,
                 });
@@ -1160,10 +1160,10 @@ impl KubeRuntime {
             tokio::time::sleep(self.inner.cfg.poll_interval).await;
         }
         self.inner.sink.send(LogLine {
-            app: app.key.clone(),
-            space: app.space.clone(),
+            app: app.key.as_str().into(),
+            space: app.space.as_str().into(),
             source: Source::Heroku,
-            process: dyno.clone(),
+            process: dyno.as_str().into(),
             timestamp_us: now_us(),
             line: match code {
                 Some(c) => format!("Process exited with status {c}"),

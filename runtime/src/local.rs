@@ -419,10 +419,10 @@ impl Shared {
 
     fn platform_line(&self, spec: &Spec, dyno: &str, line: String) {
         self.sink.send(LogLine {
-            app: spec.app.clone(),
-            space: spec.space.clone(),
+            app: spec.app.as_str().into(),
+            space: spec.space.as_str().into(),
             source: Source::Heroku,
-            process: dyno.to_owned(),
+            process: dyno.into(),
             timestamp_us: now_us(),
             line,
         });
@@ -715,10 +715,10 @@ where
                         }
                     }
                     sink.send(LogLine {
-                        app: spec.app.clone(),
-                        space: spec.space.clone(),
+                        app: spec.app.as_str().into(),
+                        space: spec.space.as_str().into(),
                         source: Source::App,
-                        process: name.clone(),
+                        process: name.as_str().into(),
                         timestamp_us: now_us(),
                         line,
                     });

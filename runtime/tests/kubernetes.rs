@@ -804,7 +804,7 @@ async fn pods_report_dyno_states_and_crash_loops() {
         .lock()
         .iter()
         .filter(|l| l.source == wharf_config::Source::Heroku)
-        .map(|l| (l.process.clone(), l.line.clone()))
+        .map(|l| (l.process.to_string(), l.line.clone()))
         .collect();
     assert!(
         heroku.contains(&(
@@ -952,7 +952,7 @@ async fn running_dyno_logs_reach_the_log_shuttle() {
             .lock()
             .iter()
             .filter(|l| l.source == wharf_config::Source::App)
-            .map(|l| (l.app.clone(), l.process.clone(), l.line.clone()))
+            .map(|l| (l.app.to_string(), l.process.to_string(), l.line.clone()))
             .collect()
     };
     for _ in 0..200 {

@@ -58,8 +58,8 @@ pub async fn create(
     let count = body.lines.len();
     for line in body.lines {
         logs.publish(LogLine {
-            app: a.key(),
-            space: a.space_name.clone(),
+            app: a.key().into(),
+            space: a.space_name.as_str().into(),
             source: Source::App,
             process: "build".into(),
             timestamp_us: now,

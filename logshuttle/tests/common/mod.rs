@@ -35,13 +35,14 @@ pub async fn wait_for<F: FnMut() -> bool>(secs: u64, what: &str, mut f: F) {
 
 pub fn line(app: &str, process: &str, text: &str) -> LogLine {
     LogLine {
-        app: app.to_owned(),
+        app: app.into(),
         space: app
             .rsplit_once('-')
             .map(|(_, s)| s.to_owned())
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .into(),
         source: Source::App,
-        process: process.to_owned(),
+        process: process.into(),
         timestamp_us: wharf_logshuttle::wire::now_us(),
         line: text.to_owned(),
     }
