@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Mutex, mpsc};
-use wharf_config::LogLine;
+use wharf_config::{LogLine, Source};
 
 use crate::Error;
 
@@ -89,6 +89,70 @@ impl Ack {
     }
 }
 
+/// A line borrowed from where it was read (a syslog frame) or from a [`LogLine`].
+#[derive(Debug, Clone, Copy)]
+pub struct LineRef<'a> {
+    pub app: &'a str,
+    pub space: &'a str,
+    pub source: Source,
+    pub process: &'a str,
+    pub timestamp_us: i64,
+    pub line: &'a str,
+}
+
+impl<'a> LineRef<'a> {
+    pub fn of(l: &'a LogLine) -> LineRef<'a> {
+        LineRef {
+            app: &l.app,
+            space: &l.space,
+            source: l.source,
+            process: &l.process,
+            timestamp_us: l.timestamp_us,
+            line: &l.line,
+        }
+    }
+
+    pub fn to_line(self) -> LogLine {
+        LogLine {
+            app: self.app.into(),
+            space: self.space.into(),
+            source: self.source,
+            process: self.process.into(),
+            timestamp_us: self.timestamp_us,
+            line: self.line.to_owned(),
+        }
+    }
+}
+
+/// One hand-over's lines, gathered in the form its bus takes them ([`Bus::gather`]): lines
+/// for the in-process bus, record bodies for Kafka, which the lines are encoded into as they
+/// are read.
+#[derive(Debug)]
+pub enum Gathered {
+    Lines(Vec<LogLine>),
+    Records(crate::kafka::Records),
+}
+
+impl Gathered {
+    pub fn push(&mut self, l: LineRef<'_>) {
+        match self {
+            Gathered::Lines(v) => v.push(l.to_line()),
+            Gathered::Records(r) => r.push(l),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Gathered::Lines(v) => v.len(),
+            Gathered::Records(r) => r.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Resolves once the lines of one [`Bus::send`] are durable (Kafka: acknowledged by the
 /// broker; in-process: at once).
 pub type Receipt = futures::future::BoxFuture<'static, Result<(), Error>>;
@@ -102,6 +166,28 @@ pub trait Bus: Send + Sync + 'static {
     /// bus is full. The lines are taken (in-process) or left in place (Kafka, which encoded
     /// them): clear `lines` once the receipt has resolved.
     async fn send(&self, lines: &mut Vec<LogLine>) -> Result<Receipt, Error>;
+    /// An empty hand-over in the form this bus takes lines: see [`Gathered`].
+    fn gather(&self) -> Gathered {
+        Gathered::Lines(Vec::new())
+    }
+    /// [`Bus::send`] for gathered lines; `gathered` is left empty (sent, or refused and
+    /// counted by the caller).
+    async fn send_gathered(&self, gathered: &mut Gathered) -> Result<Receipt, Error> {
+        match gathered {
+            Gathered::Lines(lines) => {
+                let receipt = self.send(lines).await;
+                lines.clear();
+                receipt
+            }
+            Gathered::Records(records) => {
+                let mut lines = Vec::with_capacity(records.len());
+                for (_, body) in records.finish() {
+                    lines.extend(crate::kafka::decode_record(&body).map_err(Error::BadRecords)?);
+                }
+                self.send(&mut lines).await
+            }
+        }
+    }
     /// Publish lines; returns once the bus holds them (Kafka: acknowledged by the broker). On
     /// success `lines` is left empty; on error it may still hold them, to publish again.
     async fn publish(&self, lines: &mut Vec<LogLine>) -> Result<(), Error> {

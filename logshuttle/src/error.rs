@@ -29,4 +29,6 @@ pub enum Error {
     UnknownApp(String),
     #[error("the bus is closed")]
     Closed,
+    #[error("log record: {0}")]
+    BadRecords(String),
 }

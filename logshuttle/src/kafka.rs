@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use wharf_config::{CompactString, LogLine};
 
 use crate::Error;
-use crate::bus::{Ack, Acker, Bus, Consumed, OffsetTracker, Receipt};
+use crate::bus::{Ack, Acker, Bus, Consumed, Gathered, LineRef, OffsetTracker, Receipt};
 use crate::metrics::Metrics;
 
 /// Where and how to reach Kafka.
@@ -81,6 +81,8 @@ pub struct KafkaBus {
     producer: FutureProducer,
     /// To the compressing thread (see [`Bus::send`]).
     packer: mpsc::Sender<Pack>,
+    /// Record bodies the packer is done with.
+    pool: Arc<BodyPool>,
     consumer: Mutex<Option<Arc<StreamConsumer>>>,
     acker: Arc<KafkaAcker>,
     metrics: Metrics,
@@ -111,11 +113,18 @@ impl KafkaBus {
             .set("message.timeout.ms", "60000")
             .set("partitioner", "murmur2_random")
             .create()?;
-        let packer = spawn_packer(opts.topic.clone(), producer.clone(), metrics.clone())?;
+        let pool = Arc::new(BodyPool::default());
+        let packer = spawn_packer(
+            opts.topic.clone(),
+            producer.clone(),
+            metrics.clone(),
+            pool.clone(),
+        )?;
         Ok(KafkaBus {
             opts,
             producer,
             packer,
+            pool,
             consumer: Mutex::new(None),
             acker: Arc::new(KafkaAcker {
                 commits: Mutex::new(Commits {
@@ -160,13 +169,14 @@ fn spawn_packer(
     topic: String,
     producer: FutureProducer,
     metrics: Metrics,
+    pool: Arc<BodyPool>,
 ) -> Result<mpsc::Sender<Pack>, Error> {
     let (tx, mut rx) = mpsc::channel::<Pack>(PACKS);
     std::thread::Builder::new()
         .name("kafka-packer".to_owned())
         .spawn(move || {
             while let Some(pack) = rx.blocking_recv() {
-                let produced = produce_all(&topic, &producer, &metrics, pack.records);
+                let produced = produce_all(&topic, &producer, &metrics, &pool, pack.records);
                 let _ = pack.reply.send(produced);
             }
         })?;
@@ -179,11 +189,13 @@ fn produce_all(
     topic: &str,
     producer: &FutureProducer,
     metrics: &Metrics,
+    pool: &BodyPool,
     records: Vec<(String, Vec<u8>)>,
 ) -> Result<Vec<DeliveryFuture>, Error> {
     let mut futures = Vec::with_capacity(records.len());
     for (key, plain) in records {
         let payload = compress(&plain);
+        pool.give(plain);
         let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
         loop {
             match producer.send_result(record) {
@@ -314,11 +326,13 @@ const MAX_RECORD_BODY: usize = 64 * 1024 * 1024;
 /// per batch of an app's lines keeps the broker's per-record work (and the consumer's) off the
 /// per-line path; compression keeps its per-byte work down.
 pub fn encode_records(lines: &[LogLine]) -> Vec<(String, Vec<u8>)> {
-    let mut records = Vec::new();
-    encode_each(lines, |app, plain| {
-        records.push((app.to_owned(), compress(plain)))
-    });
-    records
+    encode_plain(lines)
+        .into_iter()
+        .map(|(app, plain)| {
+            let packed = compress(&plain);
+            (app, packed)
+        })
+        .collect()
 }
 
 thread_local! {
@@ -396,59 +410,154 @@ fn decompress(p: &[u8], body: &mut Vec<u8>) -> Result<(), String> {
 }
 
 fn encode_plain(lines: &[LogLine]) -> Vec<(String, Vec<u8>)> {
-    let mut records = Vec::new();
-    encode_each(lines, |app, plain| {
-        records.push((app.to_owned(), plain.to_vec()))
-    });
-    records
+    let mut records = Records::default();
+    for l in lines {
+        records.push(LineRef::of(l));
+    }
+    records.finish()
 }
 
-/// Version 1 payloads for `lines` (see [`encode_records`]), each handed to `emit` with its app
-/// key; the buffer is reused, so `emit` copies or compresses it.
-fn encode_each(lines: &[LogLine], mut emit: impl FnMut(&str, &[u8])) {
-    let mut order: Vec<&str> = Vec::new();
-    let mut groups: HashMap<&str, Vec<&LogLine>> = HashMap::new();
-    for l in lines {
-        let g = groups.entry(&l.app).or_insert_with(|| {
-            order.push(&l.app);
-            Vec::new()
-        });
-        g.push(l);
+/// Plain record bodies given back by the packer once their records are compressed, for the
+/// next records: a body that grew to a few hundred KiB is not grown (copied) again, nor are
+/// its pages faulted in again. At most `POOL_BODIES` are kept (≈ 10 MiB).
+#[derive(Debug, Default)]
+pub(crate) struct BodyPool(Mutex<Vec<Vec<u8>>>);
+
+const POOL_BODIES: usize = 16;
+/// A fresh body's capacity: a quiet connection's record stays in it.
+const FRESH_BODY: usize = 16 * 1024;
+
+impl BodyPool {
+    fn take(pool: Option<&BodyPool>) -> Vec<u8> {
+        pool.and_then(|p| p.0.lock().pop())
+            .unwrap_or_else(|| Vec::with_capacity(FRESH_BODY))
     }
-    with_scratch(|buf| {
-        for app in order {
-            // Lines in the current record, and its space.
-            let mut cur: Option<(usize, &str)> = None;
-            for l in &groups[app] {
-                if let Some((n, space)) = cur
-                    && (n >= RECORD_LINES || buf.len() >= RECORD_BYTES || space != l.space)
-                {
-                    emit(app, buf);
-                    cur = None;
-                }
-                let (n, _) = cur.get_or_insert_with(|| {
-                    buf.clear();
-                    buf.extend_from_slice(MAGIC);
-                    put_str16(buf, &l.app);
-                    put_str16(buf, &l.space);
-                    (0, l.space.as_str())
-                });
-                buf.push(match l.source {
-                    wharf_config::Source::App => 0,
-                    wharf_config::Source::Heroku => 1,
-                });
-                buf.extend_from_slice(&l.timestamp_us.to_le_bytes());
-                put_str16(buf, &l.process);
-                let text = l.line.as_bytes();
-                buf.extend_from_slice(&(text.len() as u32).to_le_bytes());
-                buf.extend_from_slice(text);
-                *n += 1;
+
+    fn give(&self, mut body: Vec<u8>) {
+        // A body that took one huge line is not kept.
+        if body.capacity() > 2 * RECORD_BYTES {
+            return;
+        }
+        body.clear();
+        let mut p = self.0.lock();
+        if p.len() < POOL_BODIES {
+            p.push(body);
+        }
+    }
+}
+
+/// Kafka record bodies (version 1, plain, see [`encode_records`]) built a line at a time:
+/// one open record per app, closed at `RECORD_LINES` lines, at `RECORD_BYTES` bytes or when
+/// the app's space changes. The syslog ingest writes the lines it reads straight into them,
+/// so no [`LogLine`] is built (allocated, copied, dropped) for a line that is only going to
+/// be encoded.
+#[derive(Debug, Default)]
+pub struct Records {
+    /// Closed records, in order per app.
+    done: Vec<(String, Vec<u8>)>,
+    open: Vec<OpenRecord>,
+    /// Which `open` record is whose, for a hand-over of many apps' lines.
+    index: HashMap<CompactString, usize>,
+    /// `open[last]` took the previous line: a connection's lines are mostly one app's.
+    last: usize,
+    lines: usize,
+    pool: Option<Arc<BodyPool>>,
+}
+
+#[derive(Debug)]
+struct OpenRecord {
+    app: CompactString,
+    space: CompactString,
+    body: Vec<u8>,
+    lines: usize,
+}
+
+impl OpenRecord {
+    fn start(&mut self) {
+        self.body.clear();
+        self.body.extend_from_slice(MAGIC);
+        put_str16(&mut self.body, &self.app);
+        put_str16(&mut self.body, &self.space);
+        self.lines = 0;
+    }
+}
+
+impl Records {
+    pub(crate) fn with_pool(pool: Arc<BodyPool>) -> Records {
+        Records {
+            pool: Some(pool),
+            ..Records::default()
+        }
+    }
+
+    /// Lines pushed since the last [`Records::finish`].
+    pub fn len(&self) -> usize {
+        self.lines
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines == 0
+    }
+
+    pub fn push(&mut self, l: LineRef<'_>) {
+        let i = if self.open.get(self.last).is_some_and(|o| o.app == l.app) {
+            self.last
+        } else if let Some(&i) = self.index.get(l.app) {
+            i
+        } else {
+            let mut o = OpenRecord {
+                app: l.app.into(),
+                space: l.space.into(),
+                body: BodyPool::take(self.pool.as_deref()),
+                lines: 0,
+            };
+            o.start();
+            self.index.insert(o.app.clone(), self.open.len());
+            self.open.push(o);
+            self.open.len() - 1
+        };
+        self.last = i;
+        let o = &mut self.open[i];
+        if o.lines > 0
+            && (o.lines >= RECORD_LINES || o.body.len() >= RECORD_BYTES || o.space != l.space)
+        {
+            let next = BodyPool::take(self.pool.as_deref());
+            self.done
+                .push((o.app.to_string(), std::mem::replace(&mut o.body, next)));
+            if o.space != l.space {
+                o.space = l.space.into();
             }
-            if cur.is_some() {
-                emit(app, buf);
+            o.start();
+        }
+        let buf = &mut o.body;
+        buf.push(match l.source {
+            wharf_config::Source::App => 0,
+            wharf_config::Source::Heroku => 1,
+        });
+        buf.extend_from_slice(&l.timestamp_us.to_le_bytes());
+        put_str16(buf, l.process);
+        let text = l.line.as_bytes();
+        buf.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        buf.extend_from_slice(text);
+        o.lines += 1;
+        self.lines += 1;
+    }
+
+    /// The records, keyed by app, in order per app; the builder is left empty.
+    pub fn finish(&mut self) -> Vec<(String, Vec<u8>)> {
+        let mut out = std::mem::take(&mut self.done);
+        for o in self.open.drain(..) {
+            if o.lines > 0 {
+                out.push((o.app.into_string(), o.body));
+            } else if let Some(p) = &self.pool {
+                p.give(o.body);
             }
         }
-    });
+        self.index.clear();
+        self.last = 0;
+        self.lines = 0;
+        out
+    }
 }
 
 fn put_str16(b: &mut Vec<u8>, s: &str) {
@@ -531,27 +640,26 @@ impl Bus for KafkaBus {
     async fn send(&self, lines: &mut Vec<LogLine>) -> Result<Receipt, Error> {
         // Encoded here (the lines stay with the caller, to send again on failure), compressed
         // and produced by the packer thread in send order.
-        let records = encode_plain(lines);
-        let (reply, produced) = tokio::sync::oneshot::channel();
-        self.packer
-            .send(Pack { records, reply })
-            .await
-            .map_err(|_| Error::Closed)?;
-        let errors = self.metrics.kafka_errors.with_label_values(&["produce"]);
-        Ok(Box::pin(async move {
-            let futures = produced.await.map_err(|_| Error::Closed)??;
-            for f in futures {
-                match f.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => {
-                        errors.inc();
-                        return Err(e.into());
-                    }
-                    Err(_) => return Err(Error::Closed),
-                }
+        let mut records = Records::with_pool(self.pool.clone());
+        for l in lines.iter() {
+            records.push(LineRef::of(l));
+        }
+        self.send_records(records.finish()).await
+    }
+
+    fn gather(&self) -> Gathered {
+        Gathered::Records(Records::with_pool(self.pool.clone()))
+    }
+
+    async fn send_gathered(&self, gathered: &mut Gathered) -> Result<Receipt, Error> {
+        match gathered {
+            Gathered::Records(r) => self.send_records(r.finish()).await,
+            Gathered::Lines(lines) => {
+                let receipt = self.send(lines).await;
+                lines.clear();
+                receipt
             }
-            Ok(())
-        }))
+        }
     }
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<Vec<Consumed>>, Error> {
@@ -657,6 +765,30 @@ impl Bus for KafkaBus {
 }
 
 impl KafkaBus {
+    /// Hand plain records to the packer, in order after those handed before.
+    async fn send_records(&self, records: Vec<(String, Vec<u8>)>) -> Result<Receipt, Error> {
+        let (reply, produced) = tokio::sync::oneshot::channel();
+        self.packer
+            .send(Pack { records, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        let errors = self.metrics.kafka_errors.with_label_values(&["produce"]);
+        Ok(Box::pin(async move {
+            let futures = produced.await.map_err(|_| Error::Closed)??;
+            for f in futures {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => {
+                        errors.inc();
+                        return Err(e.into());
+                    }
+                    Err(_) => return Err(Error::Closed),
+                }
+            }
+            Ok(())
+        }))
+    }
+
     fn producer_flush(&self) -> Result<(), Error> {
         use rdkafka::producer::Producer as _;
         self.producer.flush(Duration::from_secs(5))?;
@@ -754,9 +886,10 @@ mod tests {
             lines.push(l(if i.is_multiple_of(4) { "b-s" } else { "a-s" }, i));
         }
         let records = encode_records(&lines);
-        // In order of first appearance: b (one record), a (at most RECORD_LINES each).
-        let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["b-s", "a-s", "a-s"]);
+        // b in one record, a in two (at most RECORD_LINES each).
+        let mut keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["a-s", "a-s", "b-s"]);
         let mut back: Vec<LogLine> = Vec::new();
         for (key, payload) in &records {
             let got = decode_record(payload).unwrap();
@@ -845,5 +978,79 @@ mod tests {
         let mut huge = packed;
         huge[3..7].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_record(&huge).unwrap_err().contains("too long"));
+    }
+
+    #[test]
+    fn records_built_a_line_at_a_time_close_on_a_new_space_and_keep_each_apps_order() {
+        let pool = Arc::new(BodyPool::default());
+        let mut r = Records::with_pool(pool.clone());
+        let mut lines = Vec::new();
+        for i in 0..3 * RECORD_LINES / 2 {
+            // Three apps interleaved; app c moves from space s to space t half-way.
+            let mut one = l(["a-s", "b-s", "c-s"][i % 3], i);
+            if one.app == "c-s" && i > RECORD_LINES {
+                one.space = "t".into();
+            }
+            r.push(LineRef::of(&one));
+            lines.push(one);
+        }
+        assert_eq!(r.len(), lines.len());
+        let records = r.finish();
+        assert!(r.is_empty());
+        let mut back: HashMap<String, Vec<LogLine>> = HashMap::new();
+        for (key, body) in &records {
+            let got = decode_record(body).unwrap();
+            assert!(!got.is_empty() && got.len() <= RECORD_LINES);
+            // One app and one space a record.
+            assert!(got.iter().all(|x| x.app == key && x.space == got[0].space));
+            back.entry(key.clone()).or_default().extend(got);
+        }
+        // c: one record in space s, one in t; a and b one record each.
+        assert_eq!(records.iter().filter(|(k, _)| k == "c-s").count(), 2);
+        assert_eq!(records.len(), 4);
+        for app in ["a-s", "b-s", "c-s"] {
+            let want: Vec<&LogLine> = lines.iter().filter(|x| x.app == app).collect();
+            let got: Vec<&LogLine> = back[app].iter().collect();
+            assert_eq!(got, want, "{app}");
+        }
+        // The packer gives bodies back; the next records are built in them (every one of
+        // these grew past a fresh body's capacity).
+        assert!(records.iter().all(|(_, b)| b.capacity() > FRESH_BODY));
+        for (_, body) in records {
+            pool.give(body);
+        }
+        assert_eq!(pool.0.lock().len(), 4);
+        let mut again = Records::with_pool(pool.clone());
+        again.push(LineRef::of(&lines[0]));
+        assert_eq!(pool.0.lock().len(), 3);
+        let (_, body) = again.finish().remove(0);
+        assert!(body.capacity() > FRESH_BODY, "{}", body.capacity());
+    }
+
+    #[tokio::test]
+    async fn records_handed_to_a_bus_that_takes_lines_arrive_as_lines() {
+        let bus = crate::bus::InProcessBus::new(4);
+        let mut rx = bus.subscribe().await.unwrap();
+        let lines: Vec<LogLine> = (0..10).map(|i| l(["a-s", "b-s"][i % 2], i)).collect();
+        let mut g = Gathered::Records(Records::default());
+        for one in &lines {
+            g.push(LineRef::of(one));
+        }
+        bus.send_gathered(&mut g).await.unwrap().await.unwrap();
+        assert!(g.is_empty());
+        let got: Vec<LogLine> = rx
+            .recv()
+            .await
+            .unwrap()
+            .into_iter()
+            .flat_map(|c| c.lines)
+            .collect();
+        let per_app = |v: &[LogLine], app: &str| -> Vec<LogLine> {
+            v.iter().filter(|x| x.app == app).cloned().collect()
+        };
+        assert_eq!(got.len(), lines.len());
+        for app in ["a-s", "b-s"] {
+            assert_eq!(per_app(&got, app), per_app(&lines, app));
+        }
     }
 }

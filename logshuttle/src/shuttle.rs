@@ -142,19 +142,25 @@ struct QueueSink {
 impl QueueSink {
     /// Within the app's ingest rate? Lines over it are counted for a notice.
     fn within_rate(&self, line: &LogLine) -> bool {
-        self.within_rate_of(&self.rates.read().clone(), line)
+        self.within_rate_of(&self.rates.read().clone(), &line.app, &line.space)
     }
 
-    /// [`QueueSink::within_rate`] with the rates already in hand (once per batch).
-    fn within_rate_of(&self, rates: &HashMap<String, wharf_config::Rate>, line: &LogLine) -> bool {
-        let Some(rate) = rates.get(line.app.as_str()) else {
+    /// [`QueueSink::within_rate`] for a line of `app` in `space`, with the rates already in
+    /// hand (once per batch).
+    fn within_rate_of(
+        &self,
+        rates: &HashMap<String, wharf_config::Rate>,
+        app: &str,
+        space: &str,
+    ) -> bool {
+        let Some(rate) = rates.get(app) else {
             return true;
         };
         let now = std::time::Instant::now();
         let ok = {
             let mut b = self.buckets.lock();
             let e = b
-                .entry(line.app.to_string())
+                .entry(app.to_owned())
                 .or_insert((f64::from(rate.burst), now));
             let dt = now.saturating_duration_since(e.1).as_secs_f64();
             e.0 = (e.0 + dt * f64::from(rate.per_sec)).min(f64::from(rate.burst));
@@ -173,8 +179,8 @@ impl QueueSink {
                 .inc();
             let mut l = self.limited.lock();
             let e = l
-                .entry(line.app.to_string())
-                .or_insert_with(|| (line.space.to_string(), 0, wire::now_us()));
+                .entry(app.to_owned())
+                .or_insert_with(|| (space.to_owned(), 0, wire::now_us()));
             e.1 += 1;
             self.any_drop.store(true, Ordering::Release);
         }
@@ -577,24 +583,45 @@ impl Handle {
         self.0.sink.clone()
     }
 
-    /// Hand lines straight to the bus (network ingest), waiting while it is full: see
-    /// [`Bus::send`]. The receipt resolves once they are durable.
-    pub async fn send_to_bus(
-        &self,
-        lines: &mut Vec<LogLine>,
-    ) -> Result<crate::bus::Receipt, Error> {
-        self.within_rates(lines);
-        self.0.bus.send(lines).await
+    /// An empty hand-over for network ingest to gather lines into ([`Bus::gather`]).
+    pub(crate) fn gather(&self) -> crate::bus::Gathered {
+        self.0.bus.gather()
     }
 
-    /// Drop the lines over their app's ingest rate. They are counted where the sink counts its
-    /// own, and the sink's publisher (which wakes every 250 ms) writes the notice.
+    /// Hand gathered lines straight to the bus (network ingest), waiting while it is full:
+    /// see [`Bus::send`]. The receipt resolves once they are durable. The lines' rates were
+    /// checked as they were gathered ([`Handle::within_rate`]).
+    pub(crate) async fn send_gathered(
+        &self,
+        gathered: &mut crate::bus::Gathered,
+    ) -> Result<crate::bus::Receipt, Error> {
+        self.0.bus.send_gathered(gathered).await
+    }
+
+    /// The apps' ingest rates now, for [`Handle::within_rate`].
+    pub(crate) fn rates(&self) -> Arc<HashMap<String, wharf_config::Rate>> {
+        self.0.sink.rates.read().clone()
+    }
+
+    /// Whether a line of `app` is within its ingest rate. One that is not is counted where
+    /// the sink counts its own, and the sink's publisher (which wakes every 250 ms) writes
+    /// the notice.
+    pub(crate) fn within_rate(
+        &self,
+        rates: &HashMap<String, wharf_config::Rate>,
+        app: &str,
+        space: &str,
+    ) -> bool {
+        rates.is_empty() || self.0.sink.within_rate_of(rates, app, space)
+    }
+
+    /// Drop the lines over their app's ingest rate (see [`Handle::within_rate`]).
     fn within_rates(&self, lines: &mut Vec<LogLine>) {
-        let rates = self.0.sink.rates.read().clone();
+        let rates = self.rates();
         if rates.is_empty() {
             return;
         }
-        lines.retain(|l| self.0.sink.within_rate_of(&rates, l));
+        lines.retain(|l| self.0.sink.within_rate_of(&rates, &l.app, &l.space));
     }
 
     /// Publish lines and wait until the bus holds them durably (Kafka: acknowledged). Lines

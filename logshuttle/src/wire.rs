@@ -328,20 +328,21 @@ impl Message<'_> {
         }
     }
 
+    /// The line for app `app` (key) in `space`, borrowed from the message.
+    pub fn line_ref<'a>(&'a self, app: &'a str, space: &'a str) -> crate::bus::LineRef<'a> {
+        crate::bus::LineRef {
+            app,
+            space,
+            source: self.source(),
+            process: if self.procid == "-" { "" } else { self.procid },
+            timestamp_us: self.timestamp_us.unwrap_or_else(now_us),
+            line: self.msg,
+        }
+    }
+
     /// The line for app `app` (key) in `space`.
     pub fn to_line(&self, app: &str, space: &str) -> LogLine {
-        LogLine {
-            app: app.into(),
-            space: space.into(),
-            source: self.source(),
-            process: if self.procid == "-" {
-                wharf_config::CompactString::default()
-            } else {
-                self.procid.into()
-            },
-            timestamp_us: self.timestamp_us.unwrap_or_else(now_us),
-            line: self.msg.to_owned(),
-        }
+        self.line_ref(app, space).to_line()
     }
 }
 

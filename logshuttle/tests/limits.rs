@@ -7,7 +7,38 @@ use std::time::Instant;
 
 use common::*;
 use wharf_config::{LogSettings, Rate};
-use wharf_logshuttle::{Filter, Shuttle};
+use wharf_logshuttle::{Filter, Handle, Shuttle};
+
+/// Until the noisy app's stream has its rate-limit notice.
+async fn wait_for_notice(shuttle: &Handle) {
+    wait_for(30, "notice", || {
+        shuttle
+            .history("noisy-default", 2000, &Filter::default())
+            .iter()
+            .any(|l| l.line.contains("Log rate limit"))
+    })
+    .await;
+}
+
+/// The noisy app's own lines in its stream.
+fn noisy_kept(shuttle: &Handle) -> usize {
+    shuttle
+        .history("noisy-default", 2000, &Filter::default())
+        .iter()
+        .filter(|l| l.line.starts_with('n'))
+        .count()
+}
+
+/// Until every one of the quiet app's 100 lines is in its stream.
+async fn wait_for_quiet(shuttle: &Handle) {
+    wait_for(30, "quiet app's lines", || {
+        shuttle
+            .history("quiet-default", 2000, &Filter::default())
+            .len()
+            == 100
+    })
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_rate_drops_the_excess_with_a_notice_and_spares_other_apps() {
@@ -24,20 +55,8 @@ async fn ingest_rate_drops_the_excess_with_a_notice_and_spares_other_apps() {
         sink.send(line("quiet-default", "web.1", &format!("q{i}")));
     }
     let secs = t.elapsed().as_secs_f64().ceil() as usize;
-    wait_for(30, "notice", || {
-        shuttle
-            .history("noisy-default", 2000, &Filter::default())
-            .iter()
-            .any(|l| l.line.contains("Log rate limit"))
-    })
-    .await;
-    wait_for(30, "quiet app's lines", || {
-        shuttle
-            .history("quiet-default", 2000, &Filter::default())
-            .len()
-            == 100
-    })
-    .await;
+    wait_for_notice(&shuttle).await;
+    wait_for_quiet(&shuttle).await;
     // Every line is either kept or counted in a notice (a long flood gets several notices).
     let counted = |history: &[wharf_config::LogLine]| -> (usize, usize) {
         let kept = history.iter().filter(|l| l.line.starts_with('n')).count();
@@ -81,20 +100,52 @@ async fn ingest_rate_holds_for_lines_handed_straight_to_the_bus() {
         .collect();
     shuttle.publish(&mut batch).await.unwrap();
     let secs = t.elapsed().as_secs_f64().ceil() as usize;
-    wait_for(30, "notice", || {
-        shuttle
-            .history("noisy-default", 2000, &Filter::default())
-            .iter()
-            .any(|l| l.line.contains("Log rate limit"))
-    })
-    .await;
-    let kept = shuttle
-        .history("noisy-default", 2000, &Filter::default())
-        .iter()
-        .filter(|l| l.line.starts_with('n'))
-        .count();
+    wait_for_notice(&shuttle).await;
+    let kept = noisy_kept(&shuttle);
     assert!(
         kept >= 10 && kept <= 10 + 5 * secs,
+        "kept {kept} of 100 in {secs}s"
+    );
+}
+
+/// Syslog over TCP gathers the lines it reads in the bus's own form (Kafka records, as they
+/// are read): the rate is checked there, line by line, and other apps' lines on the same
+/// connection are not held to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_rate_holds_for_syslog_tcp() {
+    use std::io::Write as _;
+    let mut p = plan(
+        vec![
+            app("noisy", Some("tok-noisy"), vec![]),
+            app("quiet", Some("tok-quiet"), vec![]),
+        ],
+        LogSettings::default(),
+    );
+    p.apps.get_mut("noisy-default").unwrap().log_rate = Rate::new(5, 10);
+    let shuttle = Shuttle::start(options(), p).await.unwrap();
+    let l = shuttle
+        .bind_syslog_tcp("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    for i in 0..100 {
+        for (tok, text) in [
+            ("tok-noisy", format!("n{i}")),
+            ("tok-quiet", format!("q{i}")),
+        ] {
+            let msg = format!("<190>1 - host app web.1 - [wharf token=\"{tok}\"] {text}");
+            bytes.extend_from_slice(format!("{} {msg}", msg.len()).as_bytes());
+        }
+    }
+    let t = Instant::now();
+    let mut sock = std::net::TcpStream::connect(l.local_addr()).unwrap();
+    sock.write_all(&bytes).unwrap();
+    let secs = t.elapsed().as_secs_f64().ceil() as usize;
+    wait_for_notice(&shuttle).await;
+    wait_for_quiet(&shuttle).await;
+    let kept = noisy_kept(&shuttle);
+    assert!(
+        kept >= 10 && kept <= 10 + 5 * (secs + 1),
         "kept {kept} of 100 in {secs}s"
     );
 }

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use wharf_config::LogLine;
 
-use crate::bus::Receipt;
+use crate::bus::{Gathered, Receipt};
 use crate::wire::{self, FrameDecoder};
 use crate::{Error, Handle};
 
@@ -64,22 +64,50 @@ impl<'a> Apps<'a> {
     }
 }
 
+/// The (app, space) a message's token (or the listener's) names.
+fn app_of<'a>(
+    apps: &mut Apps<'a>,
+    m: &wire::Message<'_>,
+    listener_token: Option<&str>,
+) -> Result<&'a (String, String), (&'static str, String)> {
+    let token = m
+        .token
+        .as_deref()
+        .or(listener_token)
+        .ok_or_else(|| ("token", "no token: put token=\"…\" in the structured data or bind the listener to an app's token".to_owned()))?;
+    apps.get(token)
+        .ok_or_else(|| ("token", "unknown log token".to_owned()))
+}
+
 fn line_of(
     apps: &mut Apps<'_>,
     frame: &[u8],
     listener_token: Option<&str>,
 ) -> Result<LogLine, (&'static str, String)> {
     let m = wire::parse_message(frame).map_err(|e| ("syslog", e))?;
-    let token = m
-        .token
-        .as_deref()
-        .or(listener_token)
-        .ok_or_else(|| ("token", "no token: put token=\"…\" in the structured data or bind the listener to an app's token".to_owned()))?;
-    let (app, space) = apps
-        .get(token)
-        .ok_or_else(|| ("token", "unknown log token".to_owned()))?;
+    let (app, space) = app_of(apps, &m, listener_token)?;
     Ok(m.to_line(app, space))
 }
+
+/// Parse `frame` and gather its line, unless it is over its app's ingest rate (counted
+/// there); an error says why the frame was skipped.
+fn gather_frame(
+    handle: &Handle,
+    rates: &Rates,
+    apps: &mut Apps<'_>,
+    frame: &[u8],
+    listener_token: Option<&str>,
+    into: &mut Gathered,
+) -> Result<(), (&'static str, String)> {
+    let m = wire::parse_message(frame).map_err(|e| ("syslog", e))?;
+    let (app, space) = app_of(apps, &m, listener_token)?;
+    if handle.within_rate(rates, app, space) {
+        into.push(m.line_ref(app, space));
+    }
+    Ok(())
+}
+
+type Rates = HashMap<String, wharf_config::Rate>;
 
 /// Listen for syslog over TCP on `addr` (`127.0.0.1:0` for an ephemeral port).
 pub async fn bind_tcp(
@@ -183,7 +211,7 @@ impl Drop for InFlight {
 /// gone.
 async fn hand_over(
     handle: &Handle,
-    lines: &mut Vec<LogLine>,
+    lines: &mut Gathered,
     bytes: &mut usize,
     inflight: &mut InFlight,
     peer: SocketAddr,
@@ -194,9 +222,8 @@ async fn hand_over(
     }
     let n = lines.len();
     let metrics = handle.metrics();
-    match handle.send_to_bus(lines).await {
+    match handle.send_gathered(lines).await {
         Ok(r) => {
-            lines.clear();
             inflight.push(r, n, taken);
             let window = handle.options().syslog_window_bytes;
             while inflight.bytes > window && inflight.receipts.len() > 1 {
@@ -210,7 +237,7 @@ async fn hand_over(
                 .with_label_values(&["syslog-tcp"])
                 .inc_by(n as u64);
             tracing::error!(%peer, error = %e, lines = n, "the bus refused lines from a syslog connection");
-            lines.clear();
+            *lines = handle.gather();
             !matches!(e, Error::Closed)
         }
     }
@@ -235,19 +262,27 @@ async fn serve_tcp(handle: Handle, mut sock: TcpStream, peer: SocketAddr, token:
     let mut buf = BytesMut::with_capacity(READ_ROOM);
     let mut dec = FrameDecoder { max: MAX_FRAME };
     let metrics = handle.metrics().clone();
-    let mut lines = Vec::with_capacity(512);
+    let mut lines = handle.gather();
     // Bytes of the frames in `lines`.
     let mut taken = 0usize;
     let mut inflight = InFlight::new(&metrics);
     loop {
         let tokens = handle.tokens();
+        let rates = handle.rates();
         let mut apps = Apps::new(&tokens);
         loop {
             match dec.decode(&mut buf) {
                 Ok(Some(frame)) => {
                     taken += frame.len();
-                    match line_of(&mut apps, &frame, token.as_deref()) {
-                        Ok(l) => lines.push(l),
+                    match gather_frame(
+                        &handle,
+                        &rates,
+                        &mut apps,
+                        &frame,
+                        token.as_deref(),
+                        &mut lines,
+                    ) {
+                        Ok(()) => {}
                         Err((reason, e)) => {
                             metrics
                                 .ingest_errors
