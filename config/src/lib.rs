@@ -38,7 +38,7 @@ pub mod validate;
 pub use compile::{Compiled, compile, digest};
 pub use drain_url::{DrainKind, DrainUrl};
 pub use events::{RouterEvent, SideFigures};
-pub use log::{CompactString, LineSink, LogLine, Source};
+pub use log::{CompactString, LineRef, LineSink, LogLine, Source};
 pub use model::*;
 pub use parse::{Format, ParseError, parse, to_json, to_toml};
 pub use problems::{Problem, Problems};

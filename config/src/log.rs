@@ -36,6 +36,42 @@ pub struct LogLine {
     pub line: String,
 }
 
+/// A log line borrowed from where it was read (a syslog frame) or from a [`LogLine`]: what an
+/// encoder needs, without building the line.
+#[derive(Debug, Clone, Copy)]
+pub struct LineRef<'a> {
+    pub app: &'a str,
+    pub space: &'a str,
+    pub source: Source,
+    pub process: &'a str,
+    pub timestamp_us: i64,
+    pub line: &'a str,
+}
+
+impl<'a> LineRef<'a> {
+    pub fn of(l: &'a LogLine) -> LineRef<'a> {
+        LineRef {
+            app: &l.app,
+            space: &l.space,
+            source: l.source,
+            process: &l.process,
+            timestamp_us: l.timestamp_us,
+            line: &l.line,
+        }
+    }
+
+    pub fn to_line(self) -> LogLine {
+        LogLine {
+            app: self.app.into(),
+            space: self.space.into(),
+            source: self.source,
+            process: self.process.into(),
+            timestamp_us: self.timestamp_us,
+            line: self.line.to_owned(),
+        }
+    }
+}
+
 /// Where a data plane hands its log lines: never blocks, never fails the caller. An
 /// implementation that must shed load counts what it shed (and says so in the app's stream).
 pub trait LineSink: Send + Sync + 'static {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Mutex, mpsc};
-use wharf_config::{LogLine, Source};
+pub use wharf_config::LineRef;
+use wharf_config::LogLine;
 
 use crate::Error;
 
@@ -85,41 +86,6 @@ impl Ack {
             && p.remaining.fetch_sub(1, Ordering::AcqRel) == 1
         {
             p.acker.done(p.partition, p.offset);
-        }
-    }
-}
-
-/// A line borrowed from where it was read (a syslog frame) or from a [`LogLine`].
-#[derive(Debug, Clone, Copy)]
-pub struct LineRef<'a> {
-    pub app: &'a str,
-    pub space: &'a str,
-    pub source: Source,
-    pub process: &'a str,
-    pub timestamp_us: i64,
-    pub line: &'a str,
-}
-
-impl<'a> LineRef<'a> {
-    pub fn of(l: &'a LogLine) -> LineRef<'a> {
-        LineRef {
-            app: &l.app,
-            space: &l.space,
-            source: l.source,
-            process: &l.process,
-            timestamp_us: l.timestamp_us,
-            line: &l.line,
-        }
-    }
-
-    pub fn to_line(self) -> LogLine {
-        LogLine {
-            app: self.app.into(),
-            space: self.space.into(),
-            source: self.source,
-            process: self.process.into(),
-            timestamp_us: self.timestamp_us,
-            line: self.line.to_owned(),
         }
     }
 }

@@ -329,8 +329,8 @@ impl Message<'_> {
     }
 
     /// The line for app `app` (key) in `space`, borrowed from the message.
-    pub fn line_ref<'a>(&'a self, app: &'a str, space: &'a str) -> crate::bus::LineRef<'a> {
-        crate::bus::LineRef {
+    pub fn line_ref<'a>(&'a self, app: &'a str, space: &'a str) -> wharf_config::LineRef<'a> {
+        wharf_config::LineRef {
             app,
             space,
             source: self.source(),
