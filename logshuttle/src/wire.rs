@@ -6,6 +6,8 @@
 //! app key when the drain has none). PRI is 190 (local7.info) for app lines and 158
 //! (local3.info) for platform lines.
 
+use std::borrow::Cow;
+
 use bytes::{Buf, Bytes, BytesMut};
 use wharf_config::{LogLine, Source};
 
@@ -314,7 +316,7 @@ pub struct Message<'a> {
     pub procid: &'a str,
     pub msgid: &'a str,
     /// A `token="…"` parameter of any structured-data element.
-    pub token: Option<String>,
+    pub token: Option<Cow<'a, str>>,
     pub msg: &'a str,
 }
 
@@ -489,8 +491,9 @@ fn parse_timestamp_fast(b: &[u8]) -> Option<i64> {
     Some(secs * 1_000_000 + micros as i64)
 }
 
-/// Split STRUCTURED-DATA from MSG; find a `token` parameter.
-fn parse_sd(s: &str) -> Result<(Option<String>, &str), String> {
+/// Split STRUCTURED-DATA from MSG; find a `token` parameter. Values are scanned, not copied:
+/// the token is borrowed from the message unless it holds an escape (`\"`, `\\`, `\]`).
+fn parse_sd(s: &str) -> Result<(Option<Cow<'_, str>>, &str), String> {
     if let Some(msg) = s.strip_prefix('-') {
         return Ok((None, msg.strip_prefix(' ').unwrap_or(msg)));
     }
@@ -503,63 +506,77 @@ fn parse_sd(s: &str) -> Result<(Option<String>, &str), String> {
     while i < b.len() && b[i] == b'[' {
         // One element: SD-ID then params name="value" until ']'.
         i += 1;
-        let mut in_value = false;
         let mut name_start = i;
-        let mut cur_name: &str = "";
-        let mut value = String::new();
         loop {
             let Some(&c) = b.get(i) else {
                 return Err("not RFC 5424: unterminated STRUCTURED-DATA".to_owned());
             };
-            if in_value {
-                match c {
-                    b'\\' if matches!(b.get(i + 1), Some(b'"' | b'\\' | b']')) => {
-                        value.push(b[i + 1] as char);
-                        i += 2;
-                        continue;
-                    }
-                    b'"' => {
-                        in_value = false;
-                        if cur_name == "token" {
-                            token = Some(std::mem::take(&mut value));
-                        }
-                        value.clear();
-                        name_start = i + 1;
-                    }
-                    _ => {
-                        // Keep multi-byte characters whole.
-                        let ch = s[i..].chars().next().unwrap_or('?');
-                        value.push(ch);
-                        i += ch.len_utf8();
-                        continue;
-                    }
+            match c {
+                b']' => {
+                    i += 1;
+                    break;
                 }
-            } else {
-                match c {
-                    b']' => {
-                        i += 1;
-                        break;
+                b' ' => name_start = i + 1,
+                b'=' => {
+                    let name = &s[name_start..i];
+                    if b.get(i + 1) != Some(&b'"') {
+                        return Err("not RFC 5424: SD parameter value must be quoted".to_owned());
                     }
-                    b' ' => name_start = i + 1,
-                    b'=' => {
-                        cur_name = &s[name_start..i];
-                        if b.get(i + 1) != Some(&b'"') {
-                            return Err(
-                                "not RFC 5424: SD parameter value must be quoted".to_owned()
-                            );
+                    // The value, to its closing quote. Bytes, not characters: no byte of a
+                    // multi-byte character is a quote or a backslash.
+                    let start = i + 2;
+                    let mut end = start;
+                    let mut escaped = false;
+                    loop {
+                        match b.get(end) {
+                            None => {
+                                return Err("not RFC 5424: unterminated STRUCTURED-DATA".to_owned());
+                            }
+                            Some(b'\\') if matches!(b.get(end + 1), Some(b'"' | b'\\' | b']')) => {
+                                escaped = true;
+                                end += 2;
+                            }
+                            Some(b'"') => break,
+                            Some(_) => end += 1,
                         }
-                        in_value = true;
-                        i += 2;
-                        continue;
                     }
-                    _ => {}
+                    if name == "token" {
+                        let raw = &s[start..end];
+                        token = Some(if escaped {
+                            Cow::Owned(unescape_sd(raw))
+                        } else {
+                            Cow::Borrowed(raw)
+                        });
+                    }
+                    i = end + 1;
+                    name_start = i;
+                    continue;
                 }
+                _ => {}
             }
             i += 1;
         }
     }
     let msg = &s[i..];
     Ok((token, msg.strip_prefix(' ').unwrap_or(msg)))
+}
+
+/// An SD parameter value with its escapes (`\"`, `\\`, `\]`) undone.
+fn unescape_sd(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let rest = chars.as_str();
+            if let Some(n @ ('"' | '\\' | ']')) = rest.chars().next() {
+                out.push(n);
+                chars.next();
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Why a stream of frames cannot be read on.
@@ -809,6 +826,32 @@ mod tests {
             assert!(parse_message(bad).unwrap_err().contains("PRI"));
         }
         assert!(parse_message("<13>1 - hé ü p m - ½".as_bytes()).is_ok_and(|p| p.app_name == "ü"));
+    }
+
+    #[test]
+    fn sd_values_are_scanned_and_a_plain_token_is_borrowed() {
+        let p = parse_message(
+            "<14>1 - h app web.2 - [x note=\"é ] \\\\ done\" token=\"tök\"][y z=\"]\"] msg é"
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(
+            matches!(p.token, Some(Cow::Borrowed("tök"))),
+            "{:?}",
+            p.token
+        );
+        assert_eq!(p.msg, "msg é");
+        let p = parse_message(br#"<14>1 - h app web.2 - [x token="a\]b"] m"#).unwrap();
+        assert!(
+            matches!(p.token, Some(Cow::Owned(ref t)) if t == "a]b"),
+            "{:?}",
+            p.token
+        );
+        assert!(
+            parse_message(br#"<14>1 - h app web.2 - [x token="never closed] m"#)
+                .unwrap_err()
+                .contains("unterminated")
+        );
     }
 
     #[test]

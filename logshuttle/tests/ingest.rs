@@ -343,3 +343,40 @@ async fn syslog_udp_good_and_bad_datagrams() {
     .await;
     h.shutdown(Duration::ZERO).await;
 }
+
+/// A `POST /logs` is gathered in the bus's own form and its lines' rates are checked as they
+/// are gathered: the excess is dropped with a notice, the POST still answers 204.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logplex_post_lines_are_held_to_the_apps_rate() {
+    let mut p = plan(
+        vec![app("api", Some("tok-api"), vec![])],
+        LogSettings::default(),
+    );
+    p.apps.get_mut("api-default").unwrap().log_rate = wharf_config::Rate::new(5, 10);
+    let h = Shuttle::start(options(), p).await.unwrap();
+    let msgs: Vec<String> = (0..100)
+        .map(|i| format!("<190>1 - host app web.1 - - n{i}"))
+        .collect();
+    let refs: Vec<&str> = msgs.iter().map(String::as_str).collect();
+    let t = std::time::Instant::now();
+    let (status, body) = post(
+        &h,
+        Some(&basic("tok-api")),
+        "application/logplex-1",
+        Some("100"),
+        frames(&refs),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let secs = t.elapsed().as_secs_f64().ceil() as usize;
+    let history = || h.history("api-default", 2000, &Filter::default());
+    wait_for(30, "notice", || {
+        history().iter().any(|l| l.line.contains("Log rate limit"))
+    })
+    .await;
+    let kept = history().iter().filter(|l| l.line.starts_with('n')).count();
+    assert!(
+        kept >= 10 && kept <= 10 + 5 * (secs + 1),
+        "kept {kept} of 100 in {secs}s"
+    );
+}

@@ -106,10 +106,17 @@ async fn logs(State(handle): State<Handle>, headers: HeaderMap, body: Bytes) -> 
             ),
         );
     }
-    let mut lines = Vec::with_capacity(frames.len());
+    // Gathered in the bus's own form (Kafka records as they are parsed); nothing is sent
+    // unless every frame parses.
+    let mut lines = handle.gather();
+    let rates = handle.rates();
     for (i, f) in frames.iter().enumerate() {
         match wire::parse_message(f) {
-            Ok(m) => lines.push(m.to_line(&app, &space)),
+            Ok(m) => {
+                if handle.within_rate(&rates, &app, &space) {
+                    lines.push(m.line_ref(&app, &space));
+                }
+            }
             Err(e) => {
                 return refuse(
                     &handle,
@@ -124,7 +131,8 @@ async fn logs(State(handle): State<Handle>, headers: HeaderMap, body: Bytes) -> 
     // acknowledged them), so a client that saw 204 never needs to send them again.
     let n = lines.len();
     let wait = handle.options().ingest_ack_timeout;
-    match tokio::time::timeout(wait, handle.publish(&mut lines)).await {
+    let durable = async { handle.send_gathered(&mut lines).await?.await };
+    match tokio::time::timeout(wait, durable).await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Err(_) => {
             tracing::warn!(app = %app, lines = n, wait = ?wait, "logplex POST: the bus did not acknowledge the lines in time");
