@@ -39,6 +39,31 @@ pub struct KafkaOptions {
     /// on tansu 0.6 a shuttle that joined meanwhile can then be left with no partitions at all
     /// (the broker never asks it to rejoin), and nothing is delivered.
     pub instance: Option<String>,
+    /// The record format this shuttle writes: 4 (the default), or 2, which shuttles before
+    /// format 4 can read — for a rolling upgrade, until no older shuttle consumes the topic
+    /// (an older shuttle skips a record it cannot read, and counts it as a bad payload).
+    pub record_format: RecordFormat,
+}
+
+/// The Kafka record formats a shuttle can write (see [`encode_records`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// Field by field a line, zstd-compressed (`WL\x02`): read by every shuttle.
+    V2,
+    /// Texts together, then the lines' other fields, zstd-compressed (`WL\x04`).
+    #[default]
+    V4,
+}
+
+impl std::str::FromStr for RecordFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RecordFormat, String> {
+        match s {
+            "2" => Ok(RecordFormat::V2),
+            "4" => Ok(RecordFormat::V4),
+            _ => Err(format!("record format {s:?}: 2 or 4")),
+        }
+    }
 }
 
 impl KafkaOptions {
@@ -49,6 +74,7 @@ impl KafkaOptions {
             group: "wharf-logshuttle".to_owned(),
             partitions: 8,
             instance: None,
+            record_format: RecordFormat::default(),
         }
     }
 }
@@ -656,6 +682,35 @@ pub fn decode_record(p: &[u8]) -> Result<Vec<LogLine>, String> {
     }
 }
 
+/// Plain version-3 records → plain version 1 (which the packer compresses to version 2), for
+/// [`RecordFormat::V2`].
+fn to_format_1(records: Vec<(String, Vec<u8>)>) -> Result<Vec<(String, Vec<u8>)>, String> {
+    records
+        .into_iter()
+        .map(|(key, body)| {
+            let lines = decode_record(&body)?;
+            Ok((key, encode_v1(&lines)))
+        })
+        .collect()
+}
+
+/// A version-1 record (plain) of one app's `lines`.
+fn encode_v1(lines: &[LogLine]) -> Vec<u8> {
+    let mut b = MAGIC.to_vec();
+    if let Some(first) = lines.first() {
+        put_str16(&mut b, &first.app);
+        put_str16(&mut b, &first.space);
+    }
+    for l in lines {
+        b.push(u8::from(l.source == wharf_config::Source::Heroku));
+        b.extend_from_slice(&l.timestamp_us.to_le_bytes());
+        put_str16(&mut b, &l.process);
+        b.extend_from_slice(&(l.line.len() as u32).to_le_bytes());
+        b.extend_from_slice(l.line.as_bytes());
+    }
+    b
+}
+
 /// A record body being read.
 struct R<'a>(&'a [u8]);
 
@@ -904,6 +959,10 @@ impl Bus for KafkaBus {
 impl KafkaBus {
     /// Hand plain records to the packer, in order after those handed before.
     async fn send_records(&self, records: Vec<(String, Vec<u8>)>) -> Result<Receipt, Error> {
+        let records = match self.opts.record_format {
+            RecordFormat::V4 => records,
+            RecordFormat::V2 => to_format_1(records).map_err(Error::BadRecords)?,
+        };
         let (reply, produced) = tokio::sync::oneshot::channel();
         self.packer
             .send(Pack { records, reply })
@@ -1193,21 +1252,6 @@ mod tests {
         }
     }
 
-    /// Version 1's body, as shuttles before version 3 wrote it.
-    fn encode_v1(lines: &[LogLine]) -> Vec<u8> {
-        let mut b = MAGIC.to_vec();
-        put_str16(&mut b, &lines[0].app);
-        put_str16(&mut b, &lines[0].space);
-        for l in lines {
-            b.push(u8::from(l.source == Source::Heroku));
-            b.extend_from_slice(&l.timestamp_us.to_le_bytes());
-            put_str16(&mut b, &l.process);
-            b.extend_from_slice(&(l.line.len() as u32).to_le_bytes());
-            b.extend_from_slice(l.line.as_bytes());
-        }
-        b
-    }
-
     #[test]
     fn records_of_older_shuttles_are_still_read() {
         let lines: Vec<LogLine> = (0..300).map(|i| l("a-s", i)).collect();
@@ -1216,6 +1260,20 @@ mod tests {
         assert!(v2.starts_with(MAGIC_ZSTD));
         assert_eq!(decode_record(&v1).unwrap(), lines);
         assert_eq!(decode_record(&v2).unwrap(), lines);
+        // And written so, for a rolling upgrade (RecordFormat::V2).
+        let mut two_apps = lines.clone();
+        two_apps.extend((0..10).map(|i| l("b-s", i)));
+        let legacy = to_format_1(encode_plain(&two_apps)).unwrap();
+        assert_eq!(legacy.len(), 2);
+        for (key, body) in &legacy {
+            assert!(body.starts_with(MAGIC), "{key}");
+            assert!(compress(body).starts_with(MAGIC_ZSTD));
+            let want: Vec<LogLine> = two_apps.iter().filter(|x| x.app == key).cloned().collect();
+            assert_eq!(decode_body(&body[3..]).unwrap(), want);
+        }
+        assert_eq!("2".parse(), Ok(RecordFormat::V2));
+        assert_eq!("4".parse(), Ok(RecordFormat::V4));
+        assert!("3".parse::<RecordFormat>().is_err());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub mod wire;
 pub use bus::{Ack, Acker, Bus, Consumed, InProcessBus};
 pub use error::Error;
 pub use ingest::syslog::SyslogListener;
-pub use kafka::{KafkaBus, KafkaOptions};
+pub use kafka::{KafkaBus, KafkaOptions, RecordFormat};
 pub use metrics::Metrics;
 pub use shuttle::{ApplyReport, BusChoice, Handle, Options, Shuttle};
 pub use stream::{Filter, Tail};

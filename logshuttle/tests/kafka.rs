@@ -19,6 +19,7 @@ fn kafka_opts(brokers: &str) -> KafkaOptions {
         group: format!("shuttle-{id}"),
         partitions: 4,
         instance: None,
+        record_format: Default::default(),
     }
 }
 
@@ -93,6 +94,7 @@ async fn child_shuttle_node() {
         group: v[2].to_owned(),
         partitions: 4,
         instance: v.get(4).filter(|i| !i.is_empty()).map(|i| (*i).to_owned()),
+        record_format: Default::default(),
     });
     let shuttle = Shuttle::start(opts, two_apps(v[3])).await.unwrap();
     if let Ok(port_file) = std::env::var("WHARF_TEST_HTTP_PORT_FILE") {

@@ -15,7 +15,7 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use wharf_logshuttle::{Ack, Bus, Consumed, Error, KafkaBus, KafkaOptions, Metrics};
+use wharf_logshuttle::{Ack, Bus, Consumed, Error, KafkaBus, KafkaOptions, Metrics, RecordFormat};
 
 const PARTITIONS: i32 = 4;
 
@@ -28,6 +28,11 @@ impl Mock {
     /// A one-broker cluster with the topic made in advance (the mock has no CreateTopics, which
     /// the bus then tolerates because the topic exists).
     fn start() -> Mock {
+        Mock::start_writing(RecordFormat::default())
+    }
+
+    /// [`Mock::start`], its bus writing records in `format`.
+    fn start_writing(format: RecordFormat) -> Mock {
         init_logs();
         let cluster = MockCluster::new(1).unwrap();
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -37,6 +42,7 @@ impl Mock {
             group: format!("shuttle-{id}"),
             partitions: PARTITIONS,
             instance: None,
+            record_format: format,
         };
         cluster.create_topic(&opts.topic, PARTITIONS, 1).unwrap();
         Mock { cluster, opts }
@@ -48,6 +54,42 @@ impl Mock {
             .await
             .unwrap();
         (bus, metrics)
+    }
+
+    /// The first 3 bytes of every record on the topic (its format's magic), read by a consumer
+    /// of its own.
+    fn magics(&self) -> Vec<Vec<u8>> {
+        use rdkafka::message::Message as _;
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.opts.brokers)
+            .set("group.id", format!("{}-raw", self.opts.group))
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&self.opts.topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let mut quiet = 0;
+        while quiet < 5 {
+            match c.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    out.push(
+                        m.payload()
+                            .unwrap_or_default()
+                            .iter()
+                            .take(3)
+                            .copied()
+                            .collect(),
+                    );
+                    quiet = 0;
+                }
+                _ => quiet += 1,
+            }
+        }
+        out
     }
 
     /// The group's committed offsets, all partitions together (one app: one partition used).
@@ -130,7 +172,17 @@ async fn wait_committed(mock: &Mock, want: i64, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_apps_lines_arrive_in_order_across_publishes() {
-    let mock = Mock::start();
+    in_order_across_publishes(RecordFormat::V4).await;
+}
+
+/// Written in the format older shuttles read (a rolling upgrade), read back the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_apps_lines_arrive_in_order_in_the_older_record_format() {
+    in_order_across_publishes(RecordFormat::V2).await;
+}
+
+async fn in_order_across_publishes(format: RecordFormat) {
+    let mock = Mock::start_writing(format);
     let (bus, _) = mock.bus().await;
     let mut rx = bus.subscribe().await.unwrap();
     let apps = ["a-default", "b-default", "c-default"];
@@ -163,6 +215,13 @@ async fn each_apps_lines_arrive_in_order_across_publishes() {
         assert_eq!(by_app[app], (0..per).collect::<Vec<_>>(), "{app} in order");
     }
     bus.shutdown().await;
+    let want: &[u8] = match format {
+        RecordFormat::V2 => b"WL\x02",
+        RecordFormat::V4 => b"WL\x04",
+    };
+    let magics = mock.magics();
+    assert!(!magics.is_empty());
+    assert!(magics.iter().all(|m| m == want), "{magics:?}");
 }
 
 /// Two drains hold a share of every line: the offset of a record moves only once both are done

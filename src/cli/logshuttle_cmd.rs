@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use wharf_logshuttle::{BusChoice, Handle, KafkaOptions, Options, Shuttle};
+use wharf_logshuttle::{BusChoice, Handle, KafkaOptions, Options, RecordFormat, Shuttle};
 
 use super::source::{Loaded, Source, SourceArgs};
 
@@ -43,6 +43,10 @@ pub struct Args {
     /// restarts (a restarted shuttle then takes its place at once), unique within the group.
     #[arg(long, value_name = "ID")]
     pub kafka_instance: Option<String>,
+    /// The Kafka record format to write: 4, or 2 while shuttles older than format 4 still
+    /// consume the topic (they cannot read 4) — during a rolling upgrade.
+    #[arg(long, value_name = "2|4", default_value = "4")]
+    pub kafka_record_format: RecordFormat,
     /// Prometheus metrics listener (`GET /metrics`).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -71,6 +75,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
             group: args.kafka_group.clone(),
             partitions: args.kafka_partitions,
             instance: args.kafka_instance.clone(),
+            record_format: args.kafka_record_format,
         }),
         None => BusChoice::InProcess,
     };
