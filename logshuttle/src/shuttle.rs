@@ -402,18 +402,19 @@ async fn route_run(
 }
 
 async fn dispatch_run(r: &AppRoute, run: &mut Vec<LogLine>, acks: &mut Vec<crate::bus::Ack>) {
-    r.ingested.inc_by(run.len() as u64);
-    let mut lines = Vec::with_capacity(run.len());
-    for mut line in run.drain(..) {
-        if r.socs
-            && let Some(red) = wire::redact_secrets(&line.line)
-        {
-            line.line = red;
+    let n = run.len();
+    r.ingested.inc_by(n as u64);
+    if r.socs {
+        for line in run.iter_mut() {
+            if let Some(red) = wire::redact_secrets(&line.line) {
+                line.line = red;
+            }
         }
-        lines.push(Arc::new(line));
     }
+    // One shared run for the history, the tails and every drain.
+    let lines = Arc::new(std::mem::replace(run, Vec::with_capacity(n)));
     // History and tails first: they never wait.
-    r.stream.push_many(&lines);
+    r.stream.push_run(&lines);
     // One run for every drain of the app; its acknowledgements are done when the last drain
     // lets go of it.
     let run = Arc::new(drain::Run::new(lines, std::mem::take(acks)));
@@ -507,7 +508,7 @@ impl Handle {
                 let (stream, app, space) = (stream.clone(), (*key).to_owned(), space.clone());
                 Box::new(move |n, since| {
                     let text = wire::l10_text(n, since);
-                    stream.push(Arc::new(wire::notice(&app, &space, text)));
+                    stream.push(wire::notice(&app, &space, text));
                 })
             };
             let queue = Arc::new(

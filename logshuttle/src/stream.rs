@@ -41,15 +41,61 @@ impl Filter {
     }
 }
 
+/// A run of one app's lines as the dispatcher hands it on: shared by the drains
+/// ([`crate::drain::Run`]), the history ring and the tails, not copied or boxed a line at a time.
+pub(crate) type Lines = Arc<Vec<LogLine>>;
+
+/// Line `idx` of a shared run.
+#[derive(Clone)]
+pub(crate) struct LineAt {
+    lines: Lines,
+    idx: usize,
+}
+
+impl std::ops::Deref for LineAt {
+    type Target = LogLine;
+    fn deref(&self) -> &LogLine {
+        &self.lines[self.idx]
+    }
+}
+
 struct TailSub {
-    tx: mpsc::Sender<Arc<LogLine>>,
+    tx: mpsc::Sender<LineAt>,
     filter: Filter,
     cut: Arc<AtomicBool>,
 }
 
+/// Lines `start..` of a run, in the history ring. A run stays in memory while any of its
+/// lines is in the history: at most one run's worth beyond the history's bound, per app.
+struct Seg {
+    lines: Lines,
+    start: usize,
+}
+
 struct Inner {
-    history: VecDeque<Arc<LogLine>>,
+    history: VecDeque<Seg>,
+    /// Lines in `history`.
+    len: usize,
     tails: Vec<TailSub>,
+}
+
+impl Inner {
+    /// Drop the oldest lines beyond `cap`.
+    fn trim(&mut self, cap: usize) {
+        while self.len > cap {
+            let Some(front) = self.history.front_mut() else {
+                return;
+            };
+            let (held, excess) = (front.lines.len() - front.start, self.len - cap);
+            if held <= excess {
+                self.history.pop_front();
+                self.len -= held;
+            } else {
+                front.start += excess;
+                self.len -= excess;
+            }
+        }
+    }
 }
 
 /// One app's history and tails.
@@ -77,6 +123,7 @@ impl AppStream {
             tail_buffer: tail_buffer.max(1),
             inner: Mutex::new(Inner {
                 history: VecDeque::new(),
+                len: 0,
                 tails: Vec::new(),
             }),
             metrics,
@@ -85,50 +132,54 @@ impl AppStream {
 
     pub(crate) fn set_cap(&self, cap: usize) {
         self.cap.store(cap, Ordering::Relaxed);
-        let mut inner = self.inner.lock();
-        while inner.history.len() > cap {
-            inner.history.pop_front();
-        }
+        self.inner.lock().trim(cap);
     }
 
-    pub(crate) fn push(&self, line: Arc<LogLine>) {
-        self.push_many(std::slice::from_ref(&line));
+    pub(crate) fn push(&self, line: LogLine) {
+        self.push_run(&Arc::new(vec![line]));
     }
 
-    /// Lines in order: into every tail that wants them, then into the history ring.
-    pub(crate) fn push_many(&self, lines: &[Arc<LogLine>]) {
+    /// A run's lines in order: into every tail that wants them, then into the history ring
+    /// (the run once, not a line at a time).
+    pub(crate) fn push_run(&self, lines: &Lines) {
         let cap = self.cap.load(Ordering::Relaxed);
         let mut inner = self.inner.lock();
-        for line in lines {
-            Self::push_locked(&mut inner, &self.metrics, cap, line);
-        }
-    }
-
-    fn push_locked(inner: &mut Inner, metrics: &Metrics, cap: usize, line: &Arc<LogLine>) {
         if !inner.tails.is_empty() {
-            inner.tails.retain(|t| {
-                if !t.filter.matches(line) {
-                    return !t.tx.is_closed();
-                }
-                match t.tx.try_send(line.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        t.cut.store(true, Ordering::Release);
-                        metrics.tail_cut.inc();
-                        tracing::info!("tail session fell behind; cut loose");
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                }
-            });
+            for idx in 0..lines.len() {
+                let line = LineAt {
+                    lines: lines.clone(),
+                    idx,
+                };
+                Self::to_tails(&mut inner, &self.metrics, line);
+            }
         }
-        if cap == 0 {
+        if cap == 0 || lines.is_empty() {
             return;
         }
-        if inner.history.len() >= cap {
-            inner.history.pop_front();
-        }
-        inner.history.push_back(line.clone());
+        inner.history.push_back(Seg {
+            lines: lines.clone(),
+            start: 0,
+        });
+        inner.len += lines.len();
+        inner.trim(cap);
+    }
+
+    fn to_tails(inner: &mut Inner, metrics: &Metrics, line: LineAt) {
+        inner.tails.retain(|t| {
+            if !t.filter.matches(&line) {
+                return !t.tx.is_closed();
+            }
+            match t.tx.try_send(line.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    t.cut.store(true, Ordering::Release);
+                    metrics.tail_cut.inc();
+                    tracing::info!("tail session fell behind; cut loose");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
     }
 
     /// The last `lines` lines that pass `filter`, oldest first.
@@ -167,9 +218,10 @@ fn history_of(inner: &Inner, lines: usize, filter: &Filter) -> Vec<LogLine> {
         .history
         .iter()
         .rev()
+        .flat_map(|seg| seg.lines[seg.start..].iter().rev())
         .filter(|l| filter.matches(l))
         .take(lines)
-        .map(|l| LogLine::clone(l))
+        .map(LogLine::clone)
         .collect();
     out.reverse();
     out
@@ -178,7 +230,7 @@ fn history_of(inner: &Inner, lines: usize, filter: &Filter) -> Vec<LogLine> {
 /// A live tail of one app. Ends when the shuttle stops, or — after an L11 notice line — when
 /// the reader fell more than the tail buffer behind.
 pub struct Tail {
-    rx: mpsc::Receiver<Arc<LogLine>>,
+    rx: mpsc::Receiver<LineAt>,
     cut: Arc<AtomicBool>,
     app: String,
     space: String,
@@ -242,15 +294,15 @@ impl futures::Stream for Tail {
 mod tests {
     use super::*;
 
-    fn l(process: &str, source: Source, text: &str) -> Arc<LogLine> {
-        Arc::new(LogLine {
+    fn l(process: &str, source: Source, text: &str) -> LogLine {
+        LogLine {
             app: "a-s".into(),
             space: "s".into(),
             source,
             process: process.into(),
             timestamp_us: 1,
             line: text.into(),
-        })
+        }
     }
 
     fn stream(cap: usize, tail: usize) -> AppStream {
@@ -308,6 +360,47 @@ mod tests {
         };
         let w: Vec<String> = s.history(10, &web).into_iter().map(|l| l.line).collect();
         assert_eq!(w, ["2", "4"]);
+    }
+
+    #[tokio::test]
+    async fn runs_enter_history_and_tails_whole_and_leave_it_a_line_at_a_time() {
+        let s = stream(5, 100);
+        let (_, mut tail) = s.session(0, Filter::default());
+        let run = |name: &str, n: usize| -> Lines {
+            Arc::new(
+                (0..n)
+                    .map(|i| l("web.1", Source::App, &format!("{name}{i}")))
+                    .collect(),
+            )
+        };
+        let texts = |s: &AppStream, n: usize| -> Vec<String> {
+            s.history(n, &Filter::default())
+                .into_iter()
+                .map(|l| l.line)
+                .collect()
+        };
+        s.push_run(&run("a", 3));
+        s.push_run(&run("b", 4));
+        // The first run cut part-way: its last line stays.
+        assert_eq!(texts(&s, 10), ["a2", "b0", "b1", "b2", "b3"]);
+        assert_eq!(texts(&s, 2), ["b2", "b3"]);
+        s.set_cap(2);
+        assert_eq!(texts(&s, 10), ["b2", "b3"]);
+        // A run longer than the bound keeps its last lines only.
+        s.push_run(&run("c", 10));
+        assert_eq!(texts(&s, 10), ["c8", "c9"]);
+        assert_eq!(s.inner.lock().history.len(), 1);
+        // The tail got every line, in order.
+        let mut got = Vec::new();
+        for _ in 0..17 {
+            got.push(tail.recv().await.unwrap().line);
+        }
+        let want: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .zip([3, 4, 10])
+            .flat_map(|(n, k)| (0..k).map(move |i| format!("{n}{i}")))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[tokio::test]

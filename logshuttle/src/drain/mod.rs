@@ -27,13 +27,13 @@ use crate::metrics::DrainMetrics;
 /// shed it (counted for the L10 notice), or is gone. A crash never lets go, so nothing is
 /// acknowledged that was not accounted for.
 pub(crate) struct Run {
-    lines: Vec<Arc<LogLine>>,
+    lines: crate::stream::Lines,
     /// One per record the lines came from (consecutive lines share one).
     acks: Vec<Ack>,
 }
 
 impl Run {
-    pub(crate) fn new(lines: Vec<Arc<LogLine>>, acks: Vec<Ack>) -> Run {
+    pub(crate) fn new(lines: crate::stream::Lines, acks: Vec<Ack>) -> Run {
         Run { lines, acks }
     }
 
@@ -591,18 +591,16 @@ mod tests {
 
     fn run_acked(lines: std::ops::Range<usize>, ack: Ack) -> Arc<Run> {
         let lines = lines
-            .map(|i| {
-                Arc::new(LogLine {
-                    app: "a".into(),
-                    space: "s".into(),
-                    source: wharf_config::Source::App,
-                    process: "web.1".into(),
-                    timestamp_us: 0,
-                    line: i.to_string(),
-                })
+            .map(|i| LogLine {
+                app: "a".into(),
+                space: "s".into(),
+                source: wharf_config::Source::App,
+                process: "web.1".into(),
+                timestamp_us: 0,
+                line: i.to_string(),
             })
             .collect();
-        Arc::new(Run::new(lines, vec![ack]))
+        Arc::new(Run::new(Arc::new(lines), vec![ack]))
     }
 
     #[tokio::test]
