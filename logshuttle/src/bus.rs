@@ -117,6 +117,21 @@ impl Gathered {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The gathered lines as lines (records decoded, for a bus that takes lines), leaving
+    /// this empty.
+    pub fn take_lines(&mut self) -> Result<Vec<LogLine>, Error> {
+        match self {
+            Gathered::Lines(v) => Ok(std::mem::take(v)),
+            Gathered::Records(r) => {
+                let mut lines = Vec::with_capacity(r.len());
+                for (_, body) in r.finish() {
+                    lines.extend(crate::kafka::decode_record(&body).map_err(Error::BadRecords)?);
+                }
+                Ok(lines)
+            }
+        }
+    }
 }
 
 /// Resolves once the lines of one [`Bus::send`] are durable (Kafka: acknowledged by the
@@ -139,20 +154,8 @@ pub trait Bus: Send + Sync + 'static {
     /// [`Bus::send`] for gathered lines; `gathered` is left empty (sent, or refused and
     /// counted by the caller).
     async fn send_gathered(&self, gathered: &mut Gathered) -> Result<Receipt, Error> {
-        match gathered {
-            Gathered::Lines(lines) => {
-                let receipt = self.send(lines).await;
-                lines.clear();
-                receipt
-            }
-            Gathered::Records(records) => {
-                let mut lines = Vec::with_capacity(records.len());
-                for (_, body) in records.finish() {
-                    lines.extend(crate::kafka::decode_record(&body).map_err(Error::BadRecords)?);
-                }
-                self.send(&mut lines).await
-            }
-        }
+        let mut lines = gathered.take_lines()?;
+        self.send(&mut lines).await
     }
     /// Publish lines; returns once the bus holds them (Kafka: acknowledged by the broker). On
     /// success `lines` is left empty; on error it may still hold them, to publish again.

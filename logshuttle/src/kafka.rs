@@ -375,8 +375,8 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
     static UNZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
-    /// A record's plain body, encoded or decompressed: kept for the thread's next record (a
-    /// fresh few hundred KiB each time cost page faults and copies as it grew).
+    /// A record's body, decompressed: kept for the thread's next record (a fresh few hundred
+    /// KiB each time cost page faults and copies as it grew).
     static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
@@ -446,11 +446,7 @@ fn decompress(p: &[u8], body: &mut Vec<u8>) -> Result<(), String> {
 }
 
 fn encode_plain(lines: &[LogLine]) -> Vec<(String, Vec<u8>)> {
-    let mut records = Records::default();
-    for l in lines {
-        records.push(LineRef::of(l));
-    }
-    records.finish()
+    Records::default().of(lines)
 }
 
 /// Plain record bodies given back by the packer once their records are compressed, for the
@@ -482,7 +478,7 @@ impl BodyPool {
     }
 }
 
-/// Kafka record bodies (version 1, plain, see [`encode_records`]) built a line at a time:
+/// Kafka record bodies (version 3, plain, see [`encode_records`]) built a line at a time:
 /// one open record per app, closed at `RECORD_LINES` lines, at `RECORD_BYTES` bytes or when
 /// the app's space changes. The syslog ingest writes the lines it reads straight into them,
 /// so no [`LogLine`] is built (allocated, copied, dropped) for a line that is only going to
@@ -626,6 +622,14 @@ impl Records {
         }
         o.push(&l);
         self.lines += 1;
+    }
+
+    /// The records of `lines` (after any pushed before).
+    fn of(mut self, lines: &[LogLine]) -> Vec<(String, Vec<u8>)> {
+        for l in lines {
+            self.push(LineRef::of(l));
+        }
+        self.finish()
     }
 
     /// The records, keyed by app, in order per app; the builder is left empty.
@@ -832,11 +836,8 @@ impl Bus for KafkaBus {
     async fn send(&self, lines: &mut Vec<LogLine>) -> Result<Receipt, Error> {
         // Encoded here (the lines stay with the caller, to send again on failure), compressed
         // and produced by the packer thread in send order.
-        let mut records = Records::with_pool(self.pool.clone());
-        for l in lines.iter() {
-            records.push(LineRef::of(l));
-        }
-        self.send_records(records.finish()).await
+        let records = Records::with_pool(self.pool.clone()).of(lines);
+        self.send_records(records).await
     }
 
     fn gather(&self) -> Gathered {
@@ -844,14 +845,11 @@ impl Bus for KafkaBus {
     }
 
     async fn send_gathered(&self, gathered: &mut Gathered) -> Result<Receipt, Error> {
-        match gathered {
-            Gathered::Records(r) => self.send_records(r.finish()).await,
-            Gathered::Lines(lines) => {
-                let receipt = self.send(lines).await;
-                lines.clear();
-                receipt
-            }
+        if let Gathered::Records(r) = gathered {
+            return self.send_records(r.finish()).await;
         }
+        let mut lines = gathered.take_lines()?;
+        self.send(&mut lines).await
     }
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<Vec<Consumed>>, Error> {

@@ -622,7 +622,7 @@ impl Handle {
         if rates.is_empty() {
             return;
         }
-        lines.retain(|l| self.0.sink.within_rate_of(&rates, &l.app, &l.space));
+        lines.retain(|l| self.within_rate(&rates, &l.app, &l.space));
     }
 
     /// Publish lines and wait until the bus holds them durably (Kafka: acknowledged). Lines
